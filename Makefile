@@ -1,0 +1,56 @@
+# pixpipe — every command bootstraps its own virtualenv in .venv on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run test unit integration e2e lint typecheck check protos check-protos bench clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+## Start the whole stack (embedded NATS + SQLite unless PIXPIPE_* say otherwise).
+run: $(STAMP)
+	$(BIN)/pixpipe-stack
+
+## Run the test suite (unit, integration against real NATS and databases, end to end).
+test: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+integration: $(STAMP)
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+e2e: $(STAMP)
+	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck check-protos
+
+## Regenerate the Python stubs from protos/.
+protos: $(STAMP)
+	PYTHON=$(BIN)/python ./scripts/gen_protos.sh
+
+## Fail when the committed stubs differ from what protos/ generates.
+check-protos: protos
+	git diff --exit-code -- src/pixpipe/v1 || (echo "generated stubs are stale: run make protos and commit" && exit 1)
+
+## Throughput benchmark: end-to-end images/s against raw Pillow on the same images.
+bench: $(STAMP)
+	$(BIN)/python -m bench.pipeline
+
+clean:
+	rm -rf $(VENV) pixpipe-data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,172 @@
+"""The REST shim: FastAPI routes over the ingest and status gRPC services."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import grpc
+from fastapi import FastAPI, File, Form, Request, Response, UploadFile
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+
+from pixpipe.domain import OutputFormat
+from pixpipe.settings import Settings
+from pixpipe.status_messages import FORMATS_TO_PROTO, PROCESSED_IMAGES_ROUTE, request_to_json
+from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc, options_pb2, status_pb2, status_pb2_grpc
+from services.gateway.errors import error_response, response_for_rpc_error
+from services.gateway.sse import status_event_stream
+
+UPLOAD_CHUNK_BYTES = 256 * 1024
+_PUBLIC_PATHS = ("/healthz", "/metrics", "/docs", "/openapi.json", PROCESSED_IMAGES_ROUTE)
+
+
+class GrpcClients:
+    """The gateway's channels to the gRPC services, with the API token attached."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.ingest_channel = grpc.aio.insecure_channel(settings.resolved_ingest_address)
+        self.status_channel = grpc.aio.insecure_channel(settings.resolved_status_address)
+        self.ingest = ingest_pb2_grpc.IngestServiceStub(self.ingest_channel)
+        self.status = status_pb2_grpc.StatusServiceStub(self.status_channel)
+        self.metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {settings.api_token}"),) if settings.api_token else ())
+
+    async def close(self) -> None:
+        await self.ingest_channel.close(grace=None)
+        await self.status_channel.close(grace=None)
+
+
+def _upload_messages(upload: UploadFile, metadata: ingest_pb2.UploadMetadata,
+                     ) -> AsyncIterator[ingest_pb2.UploadRequest]:
+    async def messages() -> AsyncIterator[ingest_pb2.UploadRequest]:
+        yield ingest_pb2.UploadRequest(metadata=metadata)
+        while chunk := await upload.read(UPLOAD_CHUNK_BYTES):
+            yield ingest_pb2.UploadRequest(chunk=chunk)
+    return messages()
+
+
+def _processing_options(quality: int | None, max_width: int | None, max_height: int | None,
+                        image_format: OutputFormat | None) -> options_pb2.ProcessingOptions:
+    options = options_pb2.ProcessingOptions()
+    if quality is not None:
+        options.quality = quality
+    if max_width is not None:
+        options.max_width = max_width
+    if max_height is not None:
+        options.max_height = max_height
+    if image_format:
+        options.format = FORMATS_TO_PROTO[image_format]
+    return options
+
+
+def create_app(settings: Settings) -> FastAPI:
+    clients: GrpcClients | None = None
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        nonlocal clients
+        clients = GrpcClients(settings)
+        try:
+            yield
+        finally:
+            await clients.close()
+
+    def grpc_clients() -> GrpcClients:
+        assert clients is not None, "the app is not started"
+        return clients
+
+    app = FastAPI(title="pixpipe", version="0.1.0", lifespan=lifespan,
+                  description="Bulk product-image compression: upload a CSV of image URLs, "
+                              "follow its progress, download the results.")
+    registry = CollectorRegistry()
+    http_requests = Counter("pixpipe_gateway_http_requests", "HTTP requests handled",
+                            ["method", "route", "status"], registry=registry)
+
+    @app.middleware("http")
+    async def authenticate_and_count(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]],
+    ) -> Response:
+        path = request.url.path
+        if settings.api_token and not path.startswith(_PUBLIC_PATHS):
+            supplied = request.headers.get("authorization", "")
+            if not hmac.compare_digest(supplied.encode(),
+                                       f"Bearer {settings.api_token}".encode()):
+                response: Response = error_response(grpc.StatusCode.UNAUTHENTICATED,
+                                                    "missing or wrong API token")
+                return response
+        response = await call_next(request)
+        route = request.scope.get("route")
+        http_requests.labels(request.method, getattr(route, "path", "unmatched"),
+                             str(response.status_code)).inc()
+        return response
+
+    @app.post("/upload/", summary="Upload a CSV of products and image URLs")
+    async def upload(
+        file: Annotated[UploadFile, File(description="CSV: S. No., Product Name, "
+                                                     "Input Image Urls")],
+        webhook_url: Annotated[str | None, Form()] = None,
+        quality: Annotated[int | None, Form(ge=1, le=95)] = None,
+        max_width: Annotated[int | None, Form(ge=1, le=65535)] = None,
+        max_height: Annotated[int | None, Form(ge=1, le=65535)] = None,
+        format: Annotated[str | None, Form(pattern="^(jpeg|webp|avif)$")] = None,
+    ) -> Any:
+        metadata = ingest_pb2.UploadMetadata(
+            file_name=file.filename or "", webhook_url=webhook_url or "",
+            options=_processing_options(quality, max_width, max_height, format))
+        try:
+            answer: ingest_pb2.UploadResponse = await grpc_clients().ingest.Upload(
+                _upload_messages(file, metadata), metadata=grpc_clients().metadata,
+                timeout=300)
+        except grpc.aio.AioRpcError as error:
+            return response_for_rpc_error(error)
+        return {"request_id": answer.request_id, "message": answer.message,
+                "image_count": answer.image_count}
+
+    @app.get("/status/{request_id}", summary="The status of a request and its images")
+    async def status(request_id: str) -> Any:
+        try:
+            answer: status_pb2.GetStatusResponse = await grpc_clients().status.GetStatus(
+                status_pb2.GetStatusRequest(request_id=request_id),
+                metadata=grpc_clients().metadata, timeout=30)
+        except grpc.aio.AioRpcError as error:
+            return response_for_rpc_error(error)
+        return request_to_json(answer.status)
+
+    @app.get("/status/{request_id}/events", summary="Server-Sent Events of a request")
+    async def events(request_id: str, request: Request) -> Response:
+        last_event_id = request.headers.get("last-event-id", "")
+        after = int(last_event_id) if last_event_id.isdigit() else 0
+        stream = grpc_clients().status.WatchStatus(
+            status_pb2.WatchStatusRequest(request_id=request_id, after_version=after),
+            metadata=grpc_clients().metadata)
+        try:
+            first = await stream.read()
+        except grpc.aio.AioRpcError as error:
+            return response_for_rpc_error(error)
+        return StreamingResponse(status_event_stream(first, stream),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache",
+                                          "X-Accel-Buffering": "no"})
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    settings.images_dir.mkdir(parents=True, exist_ok=True)
+    app.mount(PROCESSED_IMAGES_ROUTE, StaticFiles(directory=settings.images_dir),
+              name="processed_images")
+
+    @app.exception_handler(grpc.aio.AioRpcError)
+    async def rpc_error_handler(_request: Request, error: grpc.aio.AioRpcError,
+                                ) -> JSONResponse:
+        return response_for_rpc_error(error)
+
+    return app

@@ -1,0 +1,45 @@
+"""Entry point of the ingest service (``pixpipe-ingest``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from pixpipe.bus import Bus
+from pixpipe.db.engine import engine_from_settings, session_factory
+from pixpipe.db.repository import Repository
+from pixpipe.grpc_server import GrpcServer
+from pixpipe.runtime import configure_logging, run_until_signalled
+from pixpipe.settings import Settings
+from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc
+from services.ingest.servicer import IngestServicer
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    engine = engine_from_settings(settings)
+    bus = await Bus.connect(settings, name="pixpipe-ingest")
+    server = GrpcServer(host=settings.bind_host, port=settings.ingest_port,
+                        api_token=settings.api_token)
+    server.add(ingest_pb2_grpc.add_IngestServiceServicer_to_server,
+               IngestServicer(settings, Repository(session_factory(engine)), bus),
+               ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name)
+    await server.start()
+    log.info("ingest listening on %s:%d", settings.bind_host, server.port)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+        await bus.close()
+        await engine.dispose()
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings, "ingest")
+    run_until_signalled(lambda stop: serve(settings, stop))
+
+
+if __name__ == "__main__":
+    main()

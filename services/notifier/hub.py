@@ -1,0 +1,70 @@
+"""Fans status events from one NATS subscription out to every local watcher."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from pixpipe.bus import EVENTS_SUBJECT_PREFIX, Bus
+from pixpipe.v1 import status_pb2
+
+log = logging.getLogger(__name__)
+
+
+class EventHub:
+    """One subscription for the whole process; a bounded queue per watcher."""
+
+    def __init__(self, bus: Bus, *, queue_size: int = 10_000) -> None:
+        self._bus = bus
+        self._queue_size = queue_size
+        self._watchers: dict[str, set[asyncio.Queue[status_pb2.WatchStatusResponse]]] = (
+            defaultdict(set))
+        self._subscription: Subscription | None = None
+
+    @property
+    def watcher_count(self) -> int:
+        return sum(len(queues) for queues in self._watchers.values())
+
+    async def start(self) -> None:
+        self._subscription = await self._bus.client.subscribe(
+            f"{EVENTS_SUBJECT_PREFIX}.*", cb=self._dispatch)
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+
+    def register(self, request_id: str) -> asyncio.Queue[status_pb2.WatchStatusResponse]:
+        queue: asyncio.Queue[status_pb2.WatchStatusResponse] = asyncio.Queue(self._queue_size)
+        self._watchers[request_id].add(queue)
+        return queue
+
+    def unregister(self, request_id: str,
+                   queue: asyncio.Queue[status_pb2.WatchStatusResponse]) -> None:
+        queues = self._watchers.get(request_id)
+        if queues is None:
+            return
+        queues.discard(queue)
+        if not queues:
+            del self._watchers[request_id]
+
+    async def _dispatch(self, message: Msg) -> None:
+        request_id = message.subject.rsplit(".", 1)[-1]
+        queues = self._watchers.get(request_id)
+        if not queues:
+            return
+        event = status_pb2.WatchStatusResponse()
+        try:
+            event.ParseFromString(message.data)
+        except Exception:
+            log.warning("ignoring an undecodable event on %s", message.subject)
+            return
+        for queue in list(queues):
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                # A stuck watcher loses live events but resynchronises from a snapshot.
+                log.warning("watcher queue full for request %s", request_id)

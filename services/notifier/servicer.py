@@ -1,0 +1,110 @@
+"""StatusService: GetStatus from the database, WatchStatus as snapshot + live events."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from pixpipe.db.repository import Repository
+from pixpipe.domain import TERMINAL_REQUEST_STATES, RequestView
+from pixpipe.status_messages import completion_event, request_to_proto, snapshot_event
+from pixpipe.v1 import status_pb2, status_pb2_grpc
+from services.notifier.hub import EventHub
+
+StatusContext = grpc.aio.ServicerContext[object, object]
+
+
+def is_valid_request_id(request_id: str) -> bool:
+    try:
+        return str(uuid.UUID(request_id)) == request_id.lower()
+    except ValueError:
+        return False
+
+
+class StatusServicer(status_pb2_grpc.StatusServiceServicer):
+    def __init__(self, repository: Repository, hub: EventHub, *,
+                 resync_seconds: float = 2.0) -> None:
+        self._repository = repository
+        self._hub = hub
+        self._resync_seconds = resync_seconds
+
+    async def _load(self, request_id: str, context: StatusContext, *,
+                    include_images: bool = True) -> RequestView:
+        if not is_valid_request_id(request_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"request_id must be a UUID, got {request_id[:64]!r}")
+        view = await self._repository.get_request(request_id.lower(),
+                                                  include_images=include_images)
+        if view is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no request {request_id}")
+        assert view is not None
+        return view
+
+    async def GetStatus(
+        self, request: status_pb2.GetStatusRequest, context: StatusContext,
+    ) -> status_pb2.GetStatusResponse:
+        view = await self._load(request.request_id, context,
+                                include_images=not request.summary_only)
+        return status_pb2.GetStatusResponse(status=request_to_proto(view))
+
+    async def WatchStatus(
+        self, request: status_pb2.WatchStatusRequest, context: StatusContext,
+    ) -> AsyncIterator[status_pb2.WatchStatusResponse]:
+        request_id = request.request_id.lower()
+        # Register before reading the snapshot so nothing committed in between is missed.
+        queue = self._hub.register(request_id)
+        try:
+            view = await self._load(request_id, context)
+            async for event in self._events(view, queue, request.after_version):
+                yield event
+        finally:
+            self._hub.unregister(request_id, queue)
+
+    async def _events(
+        self, view: RequestView, queue: asyncio.Queue[status_pb2.WatchStatusResponse],
+        after_version: int,
+    ) -> AsyncIterator[status_pb2.WatchStatusResponse]:
+        request_id = view.request_id
+        seen = view.counters.version
+        if after_version < seen:
+            yield snapshot_event(view)
+        if view.counters.status in TERMINAL_REQUEST_STATES:
+            yield completion_event(view)
+            return
+        while True:
+            try:
+                event = await asyncio.wait_for(queue.get(), timeout=self._resync_seconds)
+            except TimeoutError:
+                event = None
+            if event is not None and event.WhichOneof("event") == "completed":
+                yield await self._full_completion(request_id, event)
+                return
+            if event is not None and event.version == seen + 1:
+                seen = event.version
+                yield event
+                continue
+            if event is not None and event.version <= seen:
+                continue  # already covered by a snapshot
+            # A gap (an event lost or reordered) or a quiet spell: resynchronise from the
+            # database, which is the source of truth.
+            fresh = await self._repository.get_request(request_id)
+            if fresh is None:
+                return
+            if fresh.counters.version > seen:
+                seen = fresh.counters.version
+                yield snapshot_event(fresh)
+            if fresh.counters.status in TERMINAL_REQUEST_STATES:
+                yield completion_event(fresh)
+                return
+
+    async def _full_completion(self, request_id: str,
+                               event: status_pb2.WatchStatusResponse,
+                               ) -> status_pb2.WatchStatusResponse:
+        # Large requests publish their completion without the image list; fill it in.
+        if event.completed.images or event.completed.total == 0:
+            return event
+        view = await self._repository.get_request(request_id)
+        return completion_event(view) if view is not None else event

@@ -1,0 +1,160 @@
+"""Pulls image jobs from the shared durable consumer and settles each one exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from pydantic import ValidationError
+
+from pixpipe.bus import JOBS_STREAM, MAX_DELIVERIES_ADVISORY, WORKERS_DURABLE, Bus
+from pixpipe.db.repository import Repository
+from pixpipe.domain import ImageFailure, ImageJob
+from pixpipe.events import EventPublisher
+from pixpipe.retry import retry_delay
+from pixpipe.settings import Settings
+from services.worker.processor import ImageProcessor, TransientFailure
+
+log = logging.getLogger(__name__)
+
+_FETCH_WAIT_SECONDS = 1.0
+
+
+class JobConsumer:
+    def __init__(self, settings: Settings, bus: Bus, repository: Repository,
+                 processor: ImageProcessor, events: EventPublisher) -> None:
+        self._settings = settings
+        self._bus = bus
+        self._repository = repository
+        self._processor = processor
+        self._events = events
+        self._in_hand: set[asyncio.Task[None]] = set()
+
+    @property
+    def jobs_in_hand(self) -> int:
+        return len(self._in_hand)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetch and handle jobs until ``stop`` is set, then finish those in hand."""
+        js = self._bus.js
+        await js.add_consumer(JOBS_STREAM, self._bus.job_consumer_config().evolve(
+            name=WORKERS_DURABLE))
+        subscription = await js.pull_subscribe_bind(WORKERS_DURABLE, stream=JOBS_STREAM)
+        advisories = await self._bus.client.subscribe(
+            MAX_DELIVERIES_ADVISORY, queue=WORKERS_DURABLE, cb=self._on_max_deliveries)
+        capacity = self._settings.worker_concurrency
+        try:
+            while not stop.is_set():
+                free = capacity - len(self._in_hand)
+                if free <= 0:
+                    await asyncio.wait(self._in_hand, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    messages = await subscription.fetch(free, timeout=_FETCH_WAIT_SECONDS)
+                except NatsTimeoutError:
+                    continue
+                except Exception:
+                    # Broker restarting or unreachable: the client reconnects by itself.
+                    log.warning("fetching jobs failed; retrying", exc_info=True)
+                    await _sleep_unless(stop, 1.0)
+                    continue
+                for message in messages:
+                    task = asyncio.create_task(self._handle(message))
+                    self._in_hand.add(task)
+                    task.add_done_callback(self._in_hand.discard)
+        finally:
+            await advisories.unsubscribe()
+            await self._finish_in_hand()
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+    async def _finish_in_hand(self) -> None:
+        if not self._in_hand:
+            return
+        _done, pending = await asyncio.wait(self._in_hand,
+                                            timeout=self._settings.shutdown_grace_seconds)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _handle(self, message: Msg) -> None:
+        try:
+            job = ImageJob.model_validate_json(message.data)
+        except ValidationError:
+            log.error("dropping malformed job message: %r", message.data[:200])
+            await message.term()
+            return
+        heartbeat = asyncio.create_task(self._keep_alive(message))
+        try:
+            await self._settle(job, message)
+        except asyncio.CancelledError:
+            # Shutting down mid-job: hand it back at once rather than wait for the ack timeout.
+            with contextlib.suppress(Exception):
+                await message.nak()
+            raise
+        except Exception:
+            log.exception("job %s failed unexpectedly; it will be redelivered",
+                          job.message_id)
+            with contextlib.suppress(Exception):
+                await message.nak(delay=self._delay(message))
+        finally:
+            heartbeat.cancel()
+
+    async def _settle(self, job: ImageJob, message: Msg) -> None:
+        started = await self._repository.start_image(job.image_id)
+        if started is None:
+            # Unknown or already terminal: a redelivery of finished work.
+            await message.ack()
+            return
+        await self._events.image_changed(started)
+        try:
+            outcome = await self._processor.process(job)
+        except TransientFailure as failure:
+            deliveries = message.metadata.num_delivered
+            if deliveries < self._settings.job_max_deliver:
+                await self._repository.note_retry(job.image_id, failure.reason)
+                await message.nak(delay=self._delay(message))
+                return
+            outcome = ImageFailure(reason=failure.reason)
+        finished = await self._repository.finish_image(job.image_id, outcome)
+        if finished is not None:
+            await self._events.image_changed(finished)
+        await message.ack()
+
+    def _delay(self, message: Msg) -> float:
+        return retry_delay(self._settings.job_retry_backoff_seconds,
+                           message.metadata.num_delivered)
+
+    async def _keep_alive(self, message: Msg) -> None:
+        # A slow download must not look like a dead worker: extend the ack deadline.
+        interval = max(self._settings.job_ack_wait_seconds / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):
+                await message.in_progress()
+
+    async def _on_max_deliveries(self, advisory: Msg) -> None:
+        """A job ran out of deliveries without settling (its worker died): fail its image."""
+        try:
+            sequence = int(json.loads(advisory.data)["stream_seq"])
+            raw = await self._bus.js.get_msg(JOBS_STREAM, sequence)
+            assert raw.data is not None
+            job = ImageJob.model_validate_json(raw.data)
+            reason = await self._repository.last_error(job.image_id)
+            attempts = self._settings.job_max_deliver
+            failure = ImageFailure(reason=reason or f"gave up after {attempts} attempts")
+            finished = await self._repository.finish_image(job.image_id, failure)
+            if finished is not None:
+                await self._events.image_changed(finished)
+            await self._bus.js.delete_msg(JOBS_STREAM, sequence)
+        except Exception:
+            log.exception("could not settle an exhausted job")
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

@@ -1,0 +1,50 @@
+"""Entry point of a worker process (``pixpipe-worker``); run as many as you like."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from pixpipe.fetcher import SafeFetcher
+
+from pixpipe.bus import Bus
+from pixpipe.db.engine import engine_from_settings, session_factory
+from pixpipe.db.repository import Repository
+from pixpipe.events import EventPublisher
+from pixpipe.runtime import configure_logging, run_until_signalled
+from pixpipe.settings import Settings
+from pixpipe.storage import ImageStore
+from services.worker.consumer import JobConsumer
+from services.worker.processor import CodecPool, ImageProcessor
+
+log = logging.getLogger(__name__)
+
+
+async def work(settings: Settings, stop: asyncio.Event) -> None:
+    engine = engine_from_settings(settings)
+    repository = Repository(session_factory(engine))
+    bus = await Bus.connect(settings, name="pixpipe-worker")
+    codec = CodecPool(settings.codec_processes)
+    fetcher = SafeFetcher.from_settings(settings)
+    processor = ImageProcessor(settings, fetcher, codec, ImageStore(settings.images_dir))
+    consumer = JobConsumer(settings, bus, repository, processor,
+                           EventPublisher(bus, repository))
+    log.info("worker started: %d jobs at once", settings.worker_concurrency)
+    try:
+        await consumer.run(stop)
+    finally:
+        await fetcher.aclose()
+        codec.shutdown()
+        await bus.close()
+        await engine.dispose()
+    log.info("worker stopped")
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings, "worker")
+    run_until_signalled(lambda stop: work(settings, stop))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Processes one image job: fetch → transform → store, returning the outcome to record."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from pixpipe.codec import TransformOptions, TransformResult, transform_image
+from pixpipe.fetcher import SafeFetcher
+
+from pixpipe.domain import ImageFailure, ImageJob, ImageOutcome, ImageSuccess
+from pixpipe.errors import DecodeError, FetchError
+from pixpipe.settings import Settings
+from pixpipe.storage import ImageStore
+
+log = logging.getLogger(__name__)
+
+
+class TransientFailure(Exception):
+    """A fault worth retrying later (network trouble, a 5xx, a crashed codec process)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+def transform_options(job: ImageJob, settings: Settings) -> TransformOptions:
+    options = job.options
+    return TransformOptions(
+        quality=options.quality or settings.default_quality,
+        max_width=options.max_width,
+        max_height=options.max_height,
+        format=options.format or settings.default_format,
+        max_pixels=settings.max_image_pixels,
+    )
+
+
+class CodecPool:
+    """Runs Pillow in worker processes so the event loop never blocks and every core works."""
+
+    def __init__(self, processes: int) -> None:
+        self._processes = processes or os.cpu_count() or 1
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        # forkserver: never fork a process that already runs asyncio, gRPC and NATS threads.
+        return ProcessPoolExecutor(max_workers=self._processes,
+                                   mp_context=multiprocessing.get_context("forkserver"))
+
+    async def transform(self, data: bytes, options: TransformOptions) -> TransformResult:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, transform_image, data, options)
+        except BrokenProcessPool:
+            # A codec process died (out of memory, a crash in a native decoder): start afresh.
+            log.error("codec process pool broke; restarting it")
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = self._new_executor()
+            raise TransientFailure("image processor crashed") from None
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class ImageProcessor:
+    def __init__(self, settings: Settings, fetcher: SafeFetcher, codec: CodecPool,
+                 store: ImageStore) -> None:
+        self._settings = settings
+        self._fetcher = fetcher
+        self._codec = codec
+        self._store = store
+
+    async def process(self, job: ImageJob) -> ImageOutcome:
+        """Raises TransientFailure for faults a later attempt may not meet."""
+        try:
+            fetched = await self._fetcher.fetch(job.url)
+        except FetchError as error:
+            if error.transient:
+                raise TransientFailure(error.reason) from None
+            return ImageFailure(reason=error.reason)
+        bytes_in = len(fetched.content)
+        try:
+            result = await self._codec.transform(fetched.content,
+                                                 transform_options(job, self._settings))
+        except DecodeError as error:
+            return ImageFailure(reason=error.reason, bytes_in=bytes_in)
+        relative_path = self._store.relative_path(job.request_id, job.image_id,
+                                                  result.extension)
+        await self._store.save(relative_path, result.data)
+        return ImageSuccess(output_path=relative_path, bytes_in=bytes_in,
+                            bytes_out=len(result.data), width=result.width,
+                            height=result.height)

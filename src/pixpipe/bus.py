@@ -1,0 +1,128 @@
+"""The NATS JetStream bus: stream and consumer setup, publishing jobs and status events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+
+from pixpipe.domain import ImageJob
+from pixpipe.settings import Settings
+
+log = logging.getLogger(__name__)
+
+JOBS_STREAM = "PIXPIPE_JOBS"
+EVENTS_STREAM = "PIXPIPE_EVENTS"
+JOBS_SUBJECT_PREFIX = "pixpipe.jobs"
+EVENTS_SUBJECT_PREFIX = "pixpipe.events"
+WORKERS_DURABLE = "pixpipe-workers"
+MAX_DELIVERIES_ADVISORY = (
+    f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.{WORKERS_DURABLE}"
+)
+_PUBLISH_BATCH = 256
+
+
+def jobs_subject(request_id: str) -> str:
+    return f"{JOBS_SUBJECT_PREFIX}.{request_id}"
+
+
+def events_subject(request_id: str) -> str:
+    return f"{EVENTS_SUBJECT_PREFIX}.{request_id}"
+
+
+@dataclass
+class Bus:
+    """A connected NATS client with its JetStream context."""
+
+    client: NatsClient
+    js: JetStreamContext
+    settings: Settings
+
+    @classmethod
+    async def connect(cls, settings: Settings, *, name: str) -> Bus:
+        url = settings.nats_url or f"nats://127.0.0.1:{settings.embedded_nats_port}"
+        client = await nats.connect(
+            servers=[part.strip() for part in url.split(",")],
+            name=name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            allow_reconnect=True,
+        )
+        bus = cls(client=client, js=client.jetstream(timeout=10), settings=settings)
+        await bus.ensure_streams()
+        return bus
+
+    async def close(self) -> None:
+        if not self.client.is_closed:
+            await self.client.drain()
+
+    async def ensure_streams(self) -> None:
+        """Create or update both streams; safe to call from every service at start-up."""
+        replicas = self.settings.stream_replicas
+        await self._ensure_stream(StreamConfig(
+            name=JOBS_STREAM, subjects=[f"{JOBS_SUBJECT_PREFIX}.>"],
+            retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+            num_replicas=replicas, duplicate_window=120.0,
+        ))
+        await self._ensure_stream(StreamConfig(
+            name=EVENTS_STREAM, subjects=[f"{EVENTS_SUBJECT_PREFIX}.>"],
+            retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
+            num_replicas=replicas, max_age=7 * 24 * 3600.0, duplicate_window=120.0,
+        ))
+
+    async def _ensure_stream(self, config: StreamConfig) -> None:
+        assert config.name is not None
+        try:
+            await self.js.stream_info(config.name)
+        except NotFoundError:
+            try:
+                await self.js.add_stream(config)
+            except Exception:  # another service created it at the same moment
+                await self.js.stream_info(config.name)
+            return
+        await self.js.update_stream(config)
+
+    def job_consumer_config(self) -> ConsumerConfig:
+        settings = self.settings
+        return ConsumerConfig(
+            durable_name=WORKERS_DURABLE,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=settings.job_ack_wait_seconds,
+            max_deliver=settings.job_max_deliver,
+            max_ack_pending=10_000,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subject=f"{JOBS_SUBJECT_PREFIX}.>",
+        )
+
+    async def publish_jobs(self, jobs: Sequence[ImageJob]) -> None:
+        """Publish every job and wait for JetStream to acknowledge each one.
+
+        Batches run concurrently to keep a 10,000-image upload fast; Nats-Msg-Id makes a
+        re-published job a no-op inside the duplicate window.
+        """
+        for start in range(0, len(jobs), _PUBLISH_BATCH):
+            batch = jobs[start:start + _PUBLISH_BATCH]
+            await asyncio.gather(*(
+                self.js.publish(jobs_subject(job.request_id), job.model_dump_json().encode(),
+                                headers={"Nats-Msg-Id": job.message_id})
+                for job in batch
+            ))
+
+    async def publish_event(self, request_id: str, payload: bytes, *, message_id: str) -> None:
+        await self.js.publish(events_subject(request_id), payload,
+                              headers={"Nats-Msg-Id": message_id})

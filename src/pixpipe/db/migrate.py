@@ -1,0 +1,41 @@
+"""Runs the Alembic migrations (``pixpipe-migrate``) on SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from pixpipe.db.engine import normalise_database_url
+from pixpipe.settings import Settings
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # ConfigParser interpolation would choke on '%' in passwords.
+    escaped = normalise_database_url(database_url).replace("%", "%%")
+    config.set_main_option("sqlalchemy.url", escaped)
+    return config
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def downgrade(database_url: str, revision: str) -> None:
+    command.downgrade(alembic_config(database_url), revision)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Apply pixpipe's database migrations.")
+    parser.add_argument("revision", nargs="?", default="head")
+    args = parser.parse_args()
+    settings = Settings()
+    if not settings.database_url:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url, args.revision)

@@ -1,0 +1,121 @@
+"""Plain value types that travel between the layers: options, jobs, views and outcomes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+OutputFormat = Literal["jpeg", "webp", "avif"]
+
+
+class RequestState(StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class ImageState(StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+TERMINAL_IMAGE_STATES = (ImageState.COMPLETED, ImageState.FAILED)
+TERMINAL_REQUEST_STATES = (RequestState.COMPLETED, RequestState.FAILED)
+
+
+class RequestOptions(BaseModel):
+    """Per-request processing options, validated; ``None`` means the server default."""
+
+    model_config = ConfigDict(frozen=True)
+
+    quality: int | None = Field(default=None, ge=1, le=95)
+    max_width: int | None = Field(default=None, ge=1, le=65535)
+    max_height: int | None = Field(default=None, ge=1, le=65535)
+    format: OutputFormat | None = None
+
+
+class ImageJob(BaseModel):
+    """The message a worker pulls from JetStream: one image of one request."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request_id: str
+    image_id: str
+    url: str
+    options: RequestOptions = RequestOptions()
+
+    @property
+    def message_id(self) -> str:
+        return f"{self.request_id}.{self.image_id}"
+
+
+@dataclass(frozen=True)
+class ImageView:
+    image_id: str
+    serial_number: int
+    product_name: str
+    position: int
+    input_url: str
+    status: ImageState
+    error: str | None = None
+    output_path: str | None = None
+    bytes_in: int | None = None
+    bytes_out: int | None = None
+
+
+@dataclass(frozen=True)
+class RequestCounters:
+    status: RequestState
+    total: int
+    completed: int
+    failed: int
+    version: int
+
+
+@dataclass(frozen=True)
+class RequestView:
+    request_id: str
+    file_name: str
+    options: RequestOptions
+    webhook_url: str | None
+    counters: RequestCounters
+    created_at: datetime
+    completed_at: datetime | None
+    header: list[str] = field(default_factory=list)
+    images: list[ImageView] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ImageChange:
+    """One committed change to an image with the request counters it produced."""
+
+    request_id: str
+    image: ImageView
+    counters: RequestCounters
+    # True only for the one commit that moved the request to a terminal state.
+    finished_request: bool = False
+
+
+@dataclass(frozen=True)
+class ImageSuccess:
+    output_path: str
+    bytes_in: int
+    bytes_out: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class ImageFailure:
+    reason: str
+    bytes_in: int | None = None
+
+
+ImageOutcome = ImageSuccess | ImageFailure

@@ -1,0 +1,54 @@
+"""Publishes status events to PIXPIPE_EVENTS after the database commit that caused them."""
+
+from __future__ import annotations
+
+import logging
+
+from pixpipe.bus import Bus
+from pixpipe.db.repository import Repository
+from pixpipe.domain import ImageChange
+from pixpipe.status_messages import completion_event, image_event
+
+log = logging.getLogger(__name__)
+
+# Past this size a completion event leaves out the per-image list (NATS caps a message at 1 MB);
+# watchers then read the images from the database.
+_MAX_COMPLETION_PAYLOAD = 512 * 1024
+
+
+def completion_message_id(request_id: str) -> str:
+    return f"{request_id}.completed"
+
+
+class EventPublisher:
+    def __init__(self, bus: Bus, repository: Repository) -> None:
+        self._bus = bus
+        self._repository = repository
+
+    async def image_changed(self, change: ImageChange) -> None:
+        """Publish the change, and the completion when this commit finished the request.
+
+        The database already holds the truth, so a failed publish is logged, not raised:
+        watchers resynchronise from a snapshot and webhooks are driven from the database.
+        """
+        try:
+            await self._bus.publish_event(
+                change.request_id, image_event(change).SerializeToString(),
+                message_id=f"{change.request_id}.v{change.counters.version}")
+            if change.finished_request:
+                await self.request_finished(change.request_id)
+        except Exception:
+            log.warning("could not publish event for request %s", change.request_id,
+                        exc_info=True)
+
+    async def request_finished(self, request_id: str) -> None:
+        view = await self._repository.get_request(request_id)
+        if view is None:
+            return
+        payload = completion_event(view).SerializeToString()
+        if len(payload) > _MAX_COMPLETION_PAYLOAD:
+            summary = await self._repository.get_request(request_id, include_images=False)
+            assert summary is not None
+            payload = completion_event(summary).SerializeToString()
+        await self._bus.publish_event(request_id, payload,
+                                      message_id=completion_message_id(request_id))

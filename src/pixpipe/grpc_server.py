@@ -1,0 +1,84 @@
+"""Builds a grpc.aio server with health checking, reflection and optional bearer-token auth."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+_PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Refuses every call but health and reflection without ``authorization: Bearer <token>``."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+        async def deny(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API token")
+
+        self._deny = deny
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        method = handler_call_details.method or ""
+        if method.startswith(_PUBLIC_METHOD_PREFIXES):
+            return await continuation(handler_call_details)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        supplied = metadata.get("authorization", "")
+        supplied_bytes = supplied.encode() if isinstance(supplied, str) else supplied
+        if hmac.compare_digest(supplied_bytes, self._expected):
+            return await continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
+        if handler is not None and handler.request_streaming:
+            if handler.response_streaming:
+                return grpc.stream_stream_rpc_method_handler(self._deny_stream)
+            return grpc.stream_unary_rpc_method_handler(self._deny)
+        if handler is not None and handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(self._deny_stream)
+        return grpc.unary_unary_rpc_method_handler(self._deny)
+
+    async def _deny_stream(self, _request: Any, context: grpc.aio.ServicerContext[Any, Any],
+                           ) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API token")
+
+
+class GrpcServer:
+    """A grpc.aio server bound to one port, serving the given services plus health."""
+
+    def __init__(self, *, host: str, port: int, api_token: str | None) -> None:
+        interceptors = [BearerTokenInterceptor(api_token)] if api_token else []
+        self.server = grpc.aio.server(interceptors=interceptors, options=[
+            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ])
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        self._service_names: list[str] = []
+
+    def add(self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any,
+            service_name: str) -> None:
+        register(servicer, self.server)
+        self._service_names.append(service_name)
+
+    async def start(self) -> None:
+        names: Iterable[str] = (*self._service_names, health.SERVICE_NAME,
+                                reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(tuple(names), self.server)
+        await self.server.start()
+        for name in ("", *self._service_names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Report NOT_SERVING first so balancers drain, then finish in-flight calls."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)

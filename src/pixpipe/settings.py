@@ -1,0 +1,101 @@
+"""The one typed settings object, read from PIXPIPE_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+OutputFormat = Literal["jpeg", "webp", "avif"]
+
+
+class Settings(BaseSettings):
+    """Everything a pixpipe process can be configured with.
+
+    Every field maps to ``PIXPIPE_<FIELD_NAME>``; nothing else in the code base reads the
+    environment for configuration.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PIXPIPE_", extra="ignore", frozen=True)
+
+    # Where things live.
+    data_dir: Path = Field(default=Path("./pixpipe-data"), description="Processed images, "
+                           "the embedded SQLite database and embedded JetStream storage.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: "
+                                     "SQLite file under the data dir.")
+    nats_url: str | None = Field(default=None, description="NATS server URL; default: start "
+                                 "the embedded nats-server.")
+    public_base_url: str = Field(default="http://127.0.0.1:8000",
+                                 description="Base of the absolute URLs handed to users.")
+
+    # Network.
+    bind_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    ingest_port: int = 50051
+    status_port: int = 50052
+    ingest_address: str | None = Field(default=None, description="host:port of the ingest "
+                                       "service for the gateway; default: bind_host:ingest_port")
+    status_address: str | None = Field(default=None, description="host:port of the status "
+                                       "service for the gateway; default: bind_host:status_port")
+    api_token: str | None = None
+    embedded_nats_port: int = 4222
+
+    # Upload limits.
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_images_per_request: int = 100_000
+    max_url_length: int = 2048
+
+    # Fetching images.
+    allow_private_networks: bool = False
+    fetch_timeout_seconds: float = 30.0
+    fetch_connect_timeout_seconds: float = 10.0
+    max_image_bytes: int = 50 * 1024 * 1024
+    max_redirects: int = 5
+    user_agent: str = "pixpipe/0.1 (+https://github.com/pixpipe/pixpipe)"
+
+    # Decoding and encoding.
+    max_image_pixels: int = 50_000_000
+    default_quality: int = Field(default=50, ge=1, le=95)
+    default_format: OutputFormat = "jpeg"
+
+    # Workers.
+    worker_concurrency: int = Field(default=8, ge=1, description="Jobs one worker process "
+                                    "handles at once.")
+    codec_processes: int = Field(default=0, ge=0, description="Pillow processes per worker; "
+                                 "0 means one per CPU core.")
+    job_ack_wait_seconds: float = 30.0
+    job_max_deliver: int = Field(default=5, ge=1)
+    job_retry_backoff_seconds: list[float] = Field(default=[1.0, 5.0, 15.0, 30.0])
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    shutdown_grace_seconds: float = 20.0
+
+    # Webhooks.
+    webhook_secret: str = "whsec_cGl4cGlwZS1kZXZlbG9wbWVudC1zZWNyZXQ="
+    webhook_timeout_seconds: float = 10.0
+
+    log_level: str = "INFO"
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'pixpipe.db').resolve()}"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "processed_images"
+
+    @property
+    def resolved_ingest_address(self) -> str:
+        return self.ingest_address or f"{self.bind_host}:{self.ingest_port}"
+
+    @property
+    def resolved_status_address(self) -> str:
+        return self.status_address or f"{self.bind_host}:{self.status_port}"

@@ -1,0 +1,137 @@
+"""Runs the whole pixpipe stack on one machine (``make run``): NATS, migrations, services."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from pixpipe.db.migrate import upgrade
+from pixpipe.embedded_nats import start_nats_server, wait_for_port
+from pixpipe.settings import Settings
+
+
+@dataclass
+class Stack:
+    """The services as child processes sharing one environment of PIXPIPE_* settings."""
+
+    settings: Settings
+    workers: int = 2
+    log_dir: Path | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self) -> None:
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.environment,
+               "PIXPIPE_DATA_DIR": str(settings.data_dir.resolve())}
+        if not settings.nats_url:
+            self.processes["nats"] = start_nats_server(
+                port=settings.embedded_nats_port, store_dir=settings.data_dir / "jetstream",
+                log_file=self._log_path("nats"))
+            env["PIXPIPE_NATS_URL"] = f"nats://127.0.0.1:{settings.embedded_nats_port}"
+        upgrade(settings.resolved_database_url)
+        env["PIXPIPE_DATABASE_URL"] = settings.resolved_database_url
+        try:
+            self._spawn("ingest", "services.ingest.main", env)
+            self._spawn("notifier", "services.notifier.main", env)
+            for index in range(self.workers):
+                self._spawn(f"worker-{index + 1}", "services.worker.main", env)
+            self._spawn("gateway", "services.gateway.main", env)
+            for port in (settings.ingest_port, settings.status_port, settings.gateway_port):
+                self._wait_for(port)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _log_path(self, name: str) -> Path | None:
+        if self.log_dir is None:
+            return None
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        return self.log_dir / f"{name}.log"
+
+    def _spawn(self, name: str, module: str, env: dict[str, str]) -> None:
+        log_path = self._log_path(name)
+        output = open(log_path, "ab") if log_path else None  # noqa: SIM115
+        self.processes[name] = subprocess.Popen([sys.executable, "-m", module], env=env,
+                                                stdout=output, stderr=subprocess.STDOUT
+                                                if output else None)
+
+    def _wait_for(self, port: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with code {process.returncode}")
+            try:
+                wait_for_port(self.settings.bind_host, port, timeout=0.5)
+                return
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM every service (NATS last), then wait; kill what does not stop in time."""
+        ordered = [name for name in self.processes if name != "nats"]
+        if "nats" in self.processes:
+            ordered.append("nats")
+        for group in (ordered[:-1], ordered[-1:]) if "nats" in ordered else (ordered,):
+            for name in group:
+                if self.processes[name].poll() is None:
+                    self.processes[name].send_signal(signal.SIGTERM)
+            for name in group:
+                try:
+                    self.processes[name].wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    self.processes[name].kill()
+                    self.processes[name].wait()
+        self.processes.clear()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run every pixpipe service on this machine.")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    args = parser.parse_args()
+    settings = Settings()
+    stack = Stack(settings=settings, workers=args.workers)
+    stopping = False
+
+    def request_stop(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    stack.start()
+    host = settings.bind_host
+    print("pixpipe is running:", flush=True)
+    print(f"  REST gateway   http://{host}:{settings.gateway_port}  (docs: /docs)")
+    print(f"  ingest gRPC    {host}:{settings.ingest_port}")
+    print(f"  status gRPC    {host}:{settings.status_port}")
+    print(f"  NATS           {settings.nats_url or f'nats://127.0.0.1:{settings.embedded_nats_port}'}")
+    print(f"  database       {settings.resolved_database_url}")
+    print(f"  workers        {args.workers}")
+    print("Press Ctrl-C to stop.", flush=True)
+    try:
+        while not stopping:
+            for name, process in stack.processes.items():
+                if process.poll() is not None:
+                    print(f"{name} exited with code {process.returncode}; stopping",
+                          file=sys.stderr)
+                    stopping = True
+            time.sleep(0.5)
+    finally:
+        print("stopping pixpipe…", flush=True)
+        stack.stop()
+        print("stopped.", flush=True)
+
+
+if __name__ == "__main__":
+    main()

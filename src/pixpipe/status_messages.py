@@ -1,0 +1,189 @@
+"""Builds the protobuf status messages from views, and the status JSON from those messages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from pixpipe.domain import (
+    ImageChange,
+    ImageState,
+    ImageView,
+    OutputFormat,
+    RequestCounters,
+    RequestOptions,
+    RequestState,
+    RequestView,
+)
+from pixpipe.v1 import options_pb2, status_pb2
+
+_REQUEST_STATES = {
+    RequestState.PENDING: status_pb2.REQUEST_STATE_PENDING,
+    RequestState.PROCESSING: status_pb2.REQUEST_STATE_PROCESSING,
+    RequestState.COMPLETED: status_pb2.REQUEST_STATE_COMPLETED,
+    RequestState.FAILED: status_pb2.REQUEST_STATE_FAILED,
+}
+_IMAGE_STATES = {
+    ImageState.PENDING: status_pb2.IMAGE_STATE_PENDING,
+    ImageState.PROCESSING: status_pb2.IMAGE_STATE_PROCESSING,
+    ImageState.COMPLETED: status_pb2.IMAGE_STATE_COMPLETED,
+    ImageState.FAILED: status_pb2.IMAGE_STATE_FAILED,
+}
+_FORMATS_TO_PROTO: dict[OutputFormat, options_pb2.ImageFormat.ValueType] = {
+    "jpeg": options_pb2.IMAGE_FORMAT_JPEG,
+    "webp": options_pb2.IMAGE_FORMAT_WEBP,
+    "avif": options_pb2.IMAGE_FORMAT_AVIF,
+}
+FORMATS_FROM_PROTO: dict[int, OutputFormat] = {
+    value: key for key, value in _FORMATS_TO_PROTO.items()}
+FORMATS_TO_PROTO = _FORMATS_TO_PROTO
+
+PROCESSED_IMAGES_ROUTE = "/processed_images"
+
+
+def output_url(output_path: str | None) -> str | None:
+    return f"{PROCESSED_IMAGES_ROUTE}/{output_path}" if output_path else None
+
+
+def timestamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment.astimezone(UTC))
+    return stamp
+
+
+def options_to_proto(options: RequestOptions) -> options_pb2.ProcessingOptions:
+    message = options_pb2.ProcessingOptions()
+    if options.quality is not None:
+        message.quality = options.quality
+    if options.max_width is not None:
+        message.max_width = options.max_width
+    if options.max_height is not None:
+        message.max_height = options.max_height
+    if options.format is not None:
+        message.format = _FORMATS_TO_PROTO[options.format]
+    return message
+
+
+def options_from_proto(message: options_pb2.ProcessingOptions) -> RequestOptions:
+    """Raises pydantic.ValidationError for out-of-range values."""
+    return RequestOptions(
+        quality=message.quality if message.HasField("quality") else None,
+        max_width=message.max_width if message.HasField("max_width") else None,
+        max_height=message.max_height if message.HasField("max_height") else None,
+        format=FORMATS_FROM_PROTO.get(message.format),
+    )
+
+
+def image_to_proto(image: ImageView) -> status_pb2.ImageStatus:
+    message = status_pb2.ImageStatus(
+        image_id=image.image_id, serial_number=image.serial_number,
+        product_name=image.product_name, input_url=image.input_url,
+        status=_IMAGE_STATES[image.status], bytes_in=image.bytes_in or 0,
+        bytes_out=image.bytes_out or 0, position=image.position,
+    )
+    url = output_url(image.output_path)
+    if url is not None:
+        message.output_url = url
+    if image.error is not None:
+        message.error = image.error
+    return message
+
+
+def request_to_proto(view: RequestView) -> status_pb2.RequestStatus:
+    counters = view.counters
+    message = status_pb2.RequestStatus(
+        request_id=view.request_id, status=_REQUEST_STATES[counters.status],
+        total=counters.total, completed=counters.completed, failed=counters.failed,
+        images=[image_to_proto(image) for image in view.images],
+        options=options_to_proto(view.options), file_name=view.file_name,
+        version=counters.version,
+    )
+    message.created_at.CopyFrom(timestamp(view.created_at))
+    if view.completed_at is not None:
+        message.completed_at.CopyFrom(timestamp(view.completed_at))
+    if view.webhook_url:
+        message.webhook.url = view.webhook_url
+    return message
+
+
+def image_event(change: ImageChange) -> status_pb2.WatchStatusResponse:
+    counters: RequestCounters = change.counters
+    event = status_pb2.WatchStatusResponse(request_id=change.request_id,
+                                           version=counters.version)
+    event.emitted_at.GetCurrentTime()
+    event.image.CopyFrom(status_pb2.ImageEvent(
+        image=image_to_proto(change.image), request_status=_REQUEST_STATES[counters.status],
+        total=counters.total, completed=counters.completed, failed=counters.failed,
+    ))
+    return event
+
+
+def completion_event(view: RequestView) -> status_pb2.WatchStatusResponse:
+    event = status_pb2.WatchStatusResponse(request_id=view.request_id,
+                                           version=view.counters.version)
+    event.emitted_at.GetCurrentTime()
+    event.completed.CopyFrom(request_to_proto(view))
+    return event
+
+
+def snapshot_event(view: RequestView) -> status_pb2.WatchStatusResponse:
+    event = status_pb2.WatchStatusResponse(request_id=view.request_id,
+                                           version=view.counters.version)
+    event.emitted_at.GetCurrentTime()
+    event.snapshot.CopyFrom(request_to_proto(view))
+    return event
+
+
+def _enum_suffix(value: str, prefix: str) -> str:
+    return value.removeprefix(prefix).lower()
+
+
+def image_to_json(message: status_pb2.ImageStatus) -> dict[str, Any]:
+    data = MessageToDict(message, preserving_proto_field_name=True,
+                         always_print_fields_with_no_presence=True)
+    data["status"] = _enum_suffix(data["status"], "IMAGE_STATE_")
+    # The JSON mapping writes 64-bit integers as strings; the status JSON promises numbers.
+    data["bytes_in"] = int(data["bytes_in"])
+    data["bytes_out"] = int(data["bytes_out"])
+    data.setdefault("output_url", None)
+    data.setdefault("error", None)
+    return data
+
+
+def request_to_json(message: status_pb2.RequestStatus) -> dict[str, Any]:
+    """The status JSON of DESIGN §6 (also the webhook body), via the protobuf JSON mapping."""
+    data = MessageToDict(message, preserving_proto_field_name=True,
+                         always_print_fields_with_no_presence=True)
+    data["status"] = _enum_suffix(data["status"], "REQUEST_STATE_")
+    data["version"] = int(data["version"])
+    data["images"] = [image_to_json(image) for image in message.images]
+    data.setdefault("completed_at", None)
+    options = data.get("options", {})
+    if "format" in options:
+        fmt = _enum_suffix(options["format"], "IMAGE_FORMAT_")
+        options["format"] = None if fmt == "unspecified" else fmt
+    if not message.HasField("webhook"):
+        data["webhook"] = None
+    return data
+
+
+def event_to_json(event: status_pb2.WatchStatusResponse) -> dict[str, Any]:
+    """One watch event as JSON (used by the SSE route)."""
+    kind = event.WhichOneof("event")
+    body: dict[str, Any] = {"request_id": event.request_id, "version": event.version,
+                            "type": kind}
+    if kind == "image":
+        image_event_message = event.image
+        body.update(
+            image=image_to_json(image_event_message.image),
+            status=_enum_suffix(status_pb2.RequestState.Name(image_event_message.request_status),
+                                "REQUEST_STATE_"),
+            total=image_event_message.total, completed=image_event_message.completed,
+            failed=image_event_message.failed,
+        )
+    elif kind in ("snapshot", "completed"):
+        body["request"] = request_to_json(getattr(event, kind))
+    return body

@@ -1,0 +1,218 @@
+"""Unit tests for pixpipe.csv_input: every refusal is located, every valid variant parses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pixpipe.csv_input import ParsedCsv, ProductRow, parse_products_csv
+from pixpipe.errors import CsvFault, CsvValidationError
+
+CORPUS = Path("/work/shared/corpus/products.csv")
+HEADER = "S. No.,Product Name,Input Image Urls\n"
+A = "https://img.example/a.jpg"
+B = "http://img.example/b.png"
+
+
+def faults_of(data: bytes | str, **limits: int) -> list[CsvFault]:
+    raw = data.encode() if isinstance(data, str) else data
+    with pytest.raises(CsvValidationError) as caught:
+        parse_products_csv(raw, **limits)
+    return caught.value.faults
+
+
+def parse(data: str | bytes) -> ParsedCsv:
+    return parse_products_csv(data.encode() if isinstance(data, str) else data)
+
+
+@pytest.mark.parametrize(
+    ("data", "limits", "line", "column", "reason"),
+    [
+        pytest.param("S. No.,Product Name\n1,A\n", {}, 1, 0,
+                     "missing required column 'Input Image Urls'", id="missing-column"),
+        pytest.param(f"S. No.,Product Name,Image Urls\n1,A,{A}\n", {}, 1, 0,
+                     "missing required column 'Input Image Urls'", id="renamed-column"),
+        pytest.param(f"{HEADER}1,Mug,{A}\n2,  ,{A}\n", {}, 3, 2, "product name is empty",
+                     id="empty-name"),
+        pytest.param(f"{HEADER}1,A,{A}\n2,B,{A}\n 1 ,C,{A}\n", {}, 4, 1,
+                     "serial number 1 already used on line 2", id="duplicate-serial"),
+        pytest.param(f"{HEADER}1.5,A,{A}\n", {}, 2, 1, "'1.5' is not a whole number",
+                     id="fractional-serial"),
+        pytest.param(f"{HEADER}abc,A,{A}\n", {}, 2, 1, "is not a whole number",
+                     id="text-serial"),
+        pytest.param(f"{HEADER},A,{A}\n", {}, 2, 1, "serial number is empty", id="empty-serial"),
+        pytest.param(f"{HEADER}0,A,{A}\n", {}, 2, 1, "serial number 0 is not positive",
+                     id="zero-serial"),
+        pytest.param(f"{HEADER}-3,A,{A}\n", {}, 2, 1, "serial number -3 is not positive",
+                     id="negative-serial"),
+        pytest.param(f"{HEADER}4294967296,A,{A}\n", {}, 2, 1, "is over 4294967295",
+                     id="serial-too-large"),
+        pytest.param(f"{HEADER}{'9' * 5000},A,{A}\n", {}, 2, 1, "is over 4294967295",
+                     id="serial-huge"),
+        pytest.param(f"{HEADER}1,A,ftp://img.example/a.jpg\n", {}, 2, 3,
+                     "URL 1: 'ftp://img.example/a.jpg' uses scheme 'ftp'", id="ftp-scheme"),
+        pytest.param(f"{HEADER}1,A,\n", {}, 2, 3, "no image URLs", id="empty-url-cell"),
+        pytest.param(f'{HEADER}1,A,"{A},,{B}"\n', {}, 2, 3, "URL 2: empty URL",
+                     id="empty-url-between-commas"),
+        pytest.param(f"{HEADER}1,A,http://\n", {}, 2, 3, "'http://' has no host",
+                     id="url-without-host"),
+        pytest.param(f"{HEADER}1,A,img.example/a.jpg\n", {}, 2, 3,
+                     "is not an absolute http or https URL", id="url-without-scheme"),
+        pytest.param(f'{HEADER}1,A,"http://img.example/a b.jpg"\n', {}, 2, 3,
+                     "contains whitespace", id="url-with-space"),
+        pytest.param(f"{HEADER}1,A,http://[::1/a.jpg\n", {}, 2, 3, "is not a valid URL",
+                     id="url-bad-ipv6"),
+        pytest.param(f"{HEADER}1,A,http://img.example:99999/a.jpg\n", {}, 2, 3,
+                     "is not a valid URL", id="url-bad-port"),
+        pytest.param(f"{HEADER}1,A,{A}\n", {"max_url_length": 10}, 2, 3,
+                     "URL 1: URL is 25 characters long, over the limit of 10", id="url-too-long"),
+        pytest.param(f'{HEADER}1,"Mug"x,{A}\n2,B,{A}\n', {}, 2, 2,
+                     "unexpected 'x' after a closing quote", id="stray-quote"),
+        pytest.param(f'{HEADER}1,A,{A}\n2,"Mug,{A}\n3,C,{A}\n', {}, 3, 2,
+                     "quoted cell is never closed", id="unterminated-quote"),
+        pytest.param(HEADER.encode() + b"1,Caf\xe9,x\n", {}, 2, 6, "byte 0xe9 is not valid UTF-8",
+                     id="latin-1-byte"),
+        pytest.param(b"\xef\xbb\xbfS. No.\r\nx\xff", {}, 2, 2, "byte 0xff", id="bad-byte-crlf"),
+        pytest.param("S. No.,Product Name,Input Image Urls".encode("utf-16-le"), {}, 1, 2,
+                     "NUL character", id="utf-16-without-bom"),
+        pytest.param(HEADER, {}, 1, 0, "no product rows after the header", id="header-only"),
+        pytest.param(HEADER + "\n,,\n  \n", {}, 1, 0, "no product rows", id="no-rows"),
+        pytest.param(b"", {}, 1, 0, "the file is empty", id="empty-file"),
+        pytest.param(b"\xef\xbb\xbf\r\n\n", {}, 1, 0, "the file is empty", id="bom-and-blanks"),
+        pytest.param(f"{HEADER}1,A,{A}\n", {"max_bytes": 10}, 1, 0,
+                     "over the limit of 10 bytes", id="oversize"),
+        pytest.param(f"{HEADER}1,A,{A},{B}\n", {}, 2, 0,
+                     "4 cells but the header has 3 columns; quote any cell", id="too-many-cells"),
+        pytest.param(f"{HEADER}1,A\n", {}, 2, 0, "missing Input Image Urls", id="too-few-cells"),
+        pytest.param(f"{HEADER.strip()}, product  NAME \n1,A,{A},x\n", {}, 1, 4,
+                     "duplicate column 'product  NAME', also column 2", id="duplicate-column"),
+        pytest.param(f'{HEADER}1,A,"{A},{B}"\n2,B,{A}\n', {"max_images": 2}, 3, 3,
+                     "more than 2 image URLs in the file", id="too-many-images"),
+    ],
+)
+def test_malformed_file_is_refused_with_located_fault(
+    data: str | bytes, limits: dict[str, int], line: int, column: int, reason: str
+) -> None:
+    faults = faults_of(data, **limits)
+    assert [(f.line, f.column) for f in faults] == [(line, column)], faults
+    assert reason in faults[0].reason
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        (f"{HEADER}1,  ,{A}\n", "Product Name"),
+        (f"{HEADER}x,A,{A}\n", "S. No."),
+        (f"{HEADER}1,A,ftp://a\n", "Input Image Urls"),
+        ("S. No.,Product Name\n1,A\n", "Input Image Urls"),
+        (HEADER.encode() + b"\xff", ""),
+    ],
+)
+def test_fault_names_the_column(data: str | bytes, field: str) -> None:
+    assert faults_of(data)[0].field == field
+
+
+def test_every_fault_in_a_file_is_reported() -> None:
+    data = (
+        "s. no.,Product Name,Input Image Urls,Notes\n"
+        f"1,Mug,{A},\n"
+        f"1,Cup,{A},\n"  # duplicate serial
+        f'0,,"{A},ftp://x/y.png",\n'  # zero serial, empty name, bad scheme
+        f'3,"Two\nlines",{A},\n'  # valid, spans lines 5-6
+        f"4,Plate,{A},note,extra\n"  # too many cells
+        f'5,"Bowl"!,{A},\n'  # stray quote
+    )
+    faults = faults_of(data)
+    assert [(f.line, f.column) for f in faults] == [
+        (3, 1), (4, 1), (4, 2), (4, 3), (7, 0), (8, 2),
+    ]
+    assert "already used on line 2" in faults[0].reason
+    assert "URL 2:" in faults[3].reason
+    assert faults[0].field == "S. No."
+
+
+def test_fault_count_is_capped() -> None:
+    data = HEADER + "".join(f"{n},,{A}\n" for n in range(1, 1500))
+    faults = faults_of(data)
+    assert len(faults) == 1001
+    assert faults[-1] == CsvFault(1002, 0, "", "more than 1000 faults; stopped checking here")
+    assert "(+996 more)" in str(CsvValidationError(faults))
+
+
+def test_minimal_file() -> None:
+    parsed = parse(f'{HEADER}1,SKU1,"{A},{B}"\n2,SKU2,{A}\n')
+    assert parsed.header == ("S. No.", "Product Name", "Input Image Urls")
+    assert parsed.rows == (
+        ProductRow(2, 1, "SKU1", (A, B), ("1", "SKU1", f"{A},{B}")),
+        ProductRow(3, 2, "SKU2", (A,), ("2", "SKU2", A)),
+    )
+    assert parsed.image_count == 3
+
+
+def test_bom_and_crlf() -> None:
+    parsed = parse(b"\xef\xbb\xbf" + f'{HEADER}1,Mug,"{A},{B}"\r\n2,Cup,{A}\r\n'.encode())
+    assert parsed.header[0] == "S. No."
+    assert [(r.line, r.serial_number, r.image_urls) for r in parsed.rows] == [
+        (2, 1, (A, B)), (3, 2, (A,)),
+    ]
+
+
+def test_extra_columns_are_kept_in_header_order() -> None:
+    parsed = parse(f'SKU code,Input Image Urls,Product Name,S. No.,Price\nX1,{A},Mug,7,"1,50"\n')
+    assert parsed.header == ("SKU code", "Input Image Urls", "Product Name", "S. No.", "Price")
+    row = parsed.rows[0]
+    assert (row.serial_number, row.product_name, row.image_urls) == (7, "Mug", (A,))
+    assert row.cells == ("X1", A, "Mug", "7", "1,50")
+
+
+def test_missing_trailing_optional_cells_are_padded() -> None:
+    parsed = parse(f"{HEADER.strip()},Notes,Price\n1,Mug,{A}\n")
+    assert parsed.rows[0].cells == ("1", "Mug", A, "", "")
+
+
+def test_spaces_around_values_are_stripped_but_cells_kept() -> None:
+    parsed = parse(f'{HEADER} 12 ,  Mug  ," {A} ,   {B}  "\n')
+    row = parsed.rows[0]
+    assert (row.serial_number, row.product_name, row.image_urls) == (12, "Mug", (A, B))
+    assert row.cells == (" 12 ", "  Mug  ", f" {A} ,   {B}  ")
+
+
+def test_quoted_newline_keeps_later_line_numbers() -> None:
+    parsed = parse(f'{HEADER}1,"Mug\nwith\r\nhandle",{A}\n\n2,Cup,{A}\n')
+    assert [(r.line, r.product_name) for r in parsed.rows] == [
+        (2, "Mug\nwith\r\nhandle"), (6, "Cup"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "S. No.,Product Name,Input Image Urls",
+        "s. no.,product name,input image urls",
+        "  S. NO.  , Product   Name ,INPUT IMAGE URLS ",
+        '"S. No.","Product Name","Input Image Urls"',
+        "S.\tNo.,Product\u00a0Name,Input Image  Urls",
+    ],
+)
+def test_header_names_ignore_case_and_spacing(header: str) -> None:
+    parsed = parse(f"{header}\r\n1,Mug,{A}\r\n")
+    assert parsed.rows[0].serial_number == 1
+    assert parsed.header == tuple(header.replace('"', "").split(","))
+
+
+def test_blank_lines_and_comma_only_rows_are_ignored() -> None:
+    parsed = parse(f"\n{HEADER}\n1,Mug,{A}\n,,\n\n2,Cup,{B}\n\n\n")
+    assert [r.line for r in parsed.rows] == [4, 7]
+
+
+def test_shared_corpus_file() -> None:
+    text = CORPUS.read_text(encoding="utf-8").replace("PORT", "8080")
+    parsed = parse(text)
+    assert len(parsed.rows) == 7
+    assert parsed.image_count == 14 == text.count("http://")
+    assert [r.serial_number for r in parsed.rows] == list(range(1, 8))
+    assert parsed.rows[2].image_urls == (
+        "http://127.0.0.1:8080/photos/chelsea.png",
+        "http://127.0.0.1:8080/photos/astronaut.png",
+    )
