@@ -112,7 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
         quality: Annotated[int | None, Form(ge=1, le=95)] = None,
         max_width: Annotated[int | None, Form(ge=1, le=65535)] = None,
         max_height: Annotated[int | None, Form(ge=1, le=65535)] = None,
-        format: Annotated[str | None, Form(pattern="^(jpeg|webp|avif)$")] = None,
+        format: Annotated[OutputFormat | None, Form()] = None,
     ) -> Any:
         metadata = ingest_pb2.UploadMetadata(
             file_name=file.filename or "", webhook_url=webhook_url or "",

@@ -35,7 +35,7 @@ HTTP_STATUS_FOR_GRPC = {
 def error_body(code: grpc.StatusCode, message: str,
                details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {"error": {"code": HTTP_STATUS_FOR_GRPC.get(code, 500), "status": code.name,
-                      "message": message, "details": details or []}}
+                      "message": message, "details": [] if details is None else details}}
 
 
 def error_response(code: grpc.StatusCode, message: str) -> JSONResponse:

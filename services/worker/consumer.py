@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -33,6 +35,7 @@ class JobConsumer:
         self._processor = processor
         self._events = events
         self._in_hand: set[asyncio.Task[None]] = set()
+        self._name = f"{socket.gethostname()}:{os.getpid()}"
 
     @property
     def jobs_in_hand(self) -> int:
@@ -55,8 +58,8 @@ class JobConsumer:
                     continue
                 try:
                     messages = await subscription.fetch(free, timeout=_FETCH_WAIT_SECONDS)
-                except NatsTimeoutError:
-                    continue
+                except (NatsTimeoutError, TimeoutError):
+                    continue  # no job arrived within the wait
                 except Exception:
                     # Broker restarting or unreachable: the client reconnects by itself.
                     log.warning("fetching jobs failed; retrying", exc_info=True)
@@ -105,7 +108,7 @@ class JobConsumer:
             heartbeat.cancel()
 
     async def _settle(self, job: ImageJob, message: Msg) -> None:
-        started = await self._repository.start_image(job.image_id)
+        started = await self._repository.start_image(job.image_id, worker=self._name)
         if started is None:
             # Unknown or already terminal: a redelivery of finished work.
             await message.ack()

@@ -6,14 +6,14 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from pixpipe.codec import TransformOptions, TransformResult, transform_image
-from pixpipe.fetcher import SafeFetcher
-
 from pixpipe.domain import ImageFailure, ImageJob, ImageOutcome, ImageSuccess
 from pixpipe.errors import DecodeError, FetchError
+from pixpipe.fetcher import SafeFetcher
 from pixpipe.settings import Settings
 from pixpipe.storage import ImageStore
 
@@ -39,6 +39,11 @@ def transform_options(job: ImageJob, settings: Settings) -> TransformOptions:
     )
 
 
+def _ignore_interrupts() -> None:
+    # The worker decides when its codec processes stop; a terminal's Ctrl-C must not.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class CodecPool:
     """Runs Pillow in worker processes so the event loop never blocks and every core works."""
 
@@ -49,7 +54,8 @@ class CodecPool:
     def _new_executor(self) -> ProcessPoolExecutor:
         # forkserver: never fork a process that already runs asyncio, gRPC and NATS threads.
         return ProcessPoolExecutor(max_workers=self._processes,
-                                   mp_context=multiprocessing.get_context("forkserver"))
+                                   mp_context=multiprocessing.get_context("forkserver"),
+                                   initializer=_ignore_interrupts)
 
     async def transform(self, data: bytes, options: TransformOptions) -> TransformResult:
         loop = asyncio.get_running_loop()

@@ -68,8 +68,13 @@ class Bus:
         return bus
 
     async def close(self) -> None:
-        if not self.client.is_closed:
+        if self.client.is_closed:
+            return
+        try:
             await self.client.drain()
+        except Exception:
+            # Draining needs a live connection; when the broker is gone just close.
+            await self.client.close()
 
     async def ensure_streams(self) -> None:
         """Create or update both streams; safe to call from every service at start-up."""

@@ -17,8 +17,8 @@ from pixpipe.errors import DecodeError
 OutputFormat = Literal["jpeg", "webp", "avif"]
 
 # Everything else Pillow can read (PSD, EPS through Ghostscript, ICO, ...) is attack surface
-# that product photos do not need. MPO is how Pillow names a JPEG with extra pictures.
-_INPUT_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
+# that product photos do not need.
+_INPUT_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
 _EXTENSIONS: dict[str, str] = {"jpeg": "jpg", "webp": "webp", "avif": "avif"}
 _SIGNATURES = (
     (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"),
@@ -65,6 +65,7 @@ def transform_image(source: bytes, options: TransformOptions) -> TransformResult
     with _decoder_errors(source, "", options.max_pixels):
         opened = Image.open(BytesIO(source), formats=_INPUT_FORMATS)
     with opened as im:
+        # A JPEG carrying extra pictures (phones' depth maps) opens as "MPO".
         source_format = "jpeg" if im.format == "MPO" else (im.format or "").lower()
         width, height = im.size
         if width * height > options.max_pixels:
@@ -80,7 +81,8 @@ def transform_image(source: bytes, options: TransformOptions) -> TransformResult
                 im.draft(None, (stored[0] * 2, stored[1] * 2))
             im.load()
             ImageOps.exif_transpose(im, in_place=True)
-        icc = im.info.get("icc_profile")
+        # After CMYK conversion the pixels are sRGB, whatever profile the source carried.
+        icc = None if im.mode == "CMYK" else im.info.get("icc_profile")
         picture = _to_output_mode(im, options.format)
         if picture.size != target:
             picture = picture.resize(target, Image.Resampling.LANCZOS, reducing_gap=2.0)
@@ -90,14 +92,17 @@ def transform_image(source: bytes, options: TransformOptions) -> TransformResult
 
     # Re-encoding a small, already well-compressed file can grow it; in its own format and
     # size the original is then the better answer.
-    if options.format == source_format and target == upright and len(data) >= len(source):
-        return TransformResult(
-            source, source_format, _EXTENSIONS[source_format], *upright,
-            source_format, *upright, kept_source=True,
-        )
+    kept = options.format == source_format and target == upright and len(data) >= len(source)
     return TransformResult(
-        data, options.format, _EXTENSIONS[options.format], *target,
-        source_format, *upright, kept_source=False,
+        data=source if kept else data,
+        format=options.format,
+        extension=_EXTENSIONS[options.format],
+        width=target[0],
+        height=target[1],
+        source_format=source_format,
+        source_width=upright[0],
+        source_height=upright[1],
+        kept_source=kept,
     )
 
 
@@ -110,7 +115,8 @@ def _decoder_errors(source: bytes, source_format: str, max_pixels: int) -> Itera
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _too_large(max_pixels) from exc
+        # Pillow checks its own limit inside Image.open, before ours; the lower one was hit.
+        raise _too_large(min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)) from exc
     except UnidentifiedImageError as exc:
         # Pillow hides why a file with a valid signature failed; the signature still tells
         # the user it is a damaged image rather than, say, an HTML error page.

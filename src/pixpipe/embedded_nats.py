@@ -56,7 +56,7 @@ def start_nats_server(*, port: int, store_dir: Path, log_file: Path | None = Non
     store_dir.mkdir(parents=True, exist_ok=True)
     output = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(nats_server_command(port=port, store_dir=store_dir, extra=extra),
-                               stdout=output, stderr=subprocess.STDOUT)
+                               stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_port("127.0.0.1", port)
     except TimeoutError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -76,6 +77,17 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = 10.0
 
     log_level: str = "INFO"
+
+    @field_validator("job_retry_backoff_seconds", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value: object) -> object:
+        # Accept "1,5,15" as well as the JSON list pydantic-settings expects.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [float(part) for part in text.split(",") if part.strip()]
+        return value
 
     @field_validator("public_base_url")
     @classmethod

@@ -60,9 +60,11 @@ class Stack:
     def _spawn(self, name: str, module: str, env: dict[str, str]) -> None:
         log_path = self._log_path(name)
         output = open(log_path, "ab") if log_path else None  # noqa: SIM115
+        # A session of its own: Ctrl-C reaches only the stack, which stops the services in
+        # order (NATS last) instead of every process dying at once.
         self.processes[name] = subprocess.Popen([sys.executable, "-m", module], env=env,
                                                 stdout=output, stderr=subprocess.STDOUT
-                                                if output else None)
+                                                if output else None, start_new_session=True)
 
     def _wait_for(self, port: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

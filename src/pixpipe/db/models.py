@@ -86,6 +86,8 @@ class ImageRecord(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Which worker process last took the image (host:pid), for operators and tests.
+    worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
     output_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     bytes_in: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     bytes_out: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

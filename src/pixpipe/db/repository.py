@@ -109,7 +109,7 @@ class Repository:
                                     else_=RequestState.FAILED.value))
             )
 
-    async def start_image(self, image_id: str) -> ImageChange | None:
+    async def start_image(self, image_id: str, *, worker: str = "") -> ImageChange | None:
         """Mark an image processing; None when it is unknown or already terminal."""
         now = utcnow()
         async with self._sessions.begin() as session:
@@ -117,7 +117,7 @@ class Repository:
                 update(ImageRecord)
                 .where(ImageRecord.id == image_id, ImageRecord.status.in_(_OPEN_IMAGE_STATES))
                 .values(status=ImageState.PROCESSING.value, attempts=ImageRecord.attempts + 1,
-                        updated_at=now)
+                        worker=worker or None, updated_at=now)
                 .returning(ImageRecord.request_id)
             )
             if request_id is None:

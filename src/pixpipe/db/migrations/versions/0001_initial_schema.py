@@ -59,6 +59,7 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('worker', sa.String(length=128), nullable=True),
     sa.Column('output_path', sa.Text(), nullable=True),
     sa.Column('bytes_in', sa.BigInteger(), nullable=True),
     sa.Column('bytes_out', sa.BigInteger(), nullable=True),

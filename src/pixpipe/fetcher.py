@@ -1,0 +1,365 @@
+"""The safe image downloader: size, time, redirect and network-address limits on httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+import httpcore
+import httpx
+
+from pixpipe.errors import FetchError
+from pixpipe.net_policy import (
+    AddressNotAllowed,
+    IPAddress,
+    check_url_syntax,
+    is_public_address,
+    resolve_allowed_addresses,
+)
+
+if TYPE_CHECKING:
+    from pixpipe.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_ALLOWED_BINARY_TYPES = frozenset({"application/octet-stream", "binary/octet-stream"})
+_NON_IMAGE_TOP_LEVEL = frozenset({"text", "audio", "video", "font", "multipart", "message"})
+_NON_IMAGE_APPLICATION = frozenset(
+    {"json", "xml", "javascript", "ecmascript", "pdf", "xhtml+xml", "zip", "gzip"}
+)
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """Limits for one fetcher; ``timeout_seconds`` covers a whole download with redirects."""
+
+    allow_private_networks: bool = False
+    timeout_seconds: float = 30.0
+    connect_timeout_seconds: float = 10.0
+    max_bytes: int = 50 * 1024 * 1024
+    max_redirects: int = 5
+    user_agent: str = "pixpipe/0.1"
+
+
+@dataclass(frozen=True)
+class FetchedImage:
+    """A downloaded body; ``url`` is the final URL after redirects."""
+
+    url: str
+    content: bytes
+    content_type: str | None
+
+
+class SafeFetcher:
+    """Downloads images over one pooled httpx client; every failure is a ``FetchError``."""
+
+    def __init__(
+        self,
+        policy: FetchPolicy,
+        *,
+        is_address_allowed: Callable[[IPAddress], bool] = is_public_address,
+    ) -> None:
+        self._policy = policy
+        backend = _GuardedBackend(
+            allow_private=policy.allow_private_networks, is_allowed=is_address_allowed
+        )
+        self._client = httpx.AsyncClient(
+            transport=_GuardedTransport(backend),
+            trust_env=False,
+            follow_redirects=False,
+            # The total limit is enforced around the whole download with asyncio.timeout;
+            # httpx only bounds the connect phase so a dead host fails fast.
+            timeout=httpx.Timeout(None, connect=policy.connect_timeout_seconds),
+            headers={
+                "User-Agent": policy.user_agent,
+                "Accept": "image/*, */*;q=0.5",
+                # Compressed transfer would let a small body inflate past the size limit
+                # before it is counted, and images gain nothing from it.
+                "Accept-Encoding": "identity",
+            },
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SafeFetcher:
+        return cls(
+            FetchPolicy(
+                allow_private_networks=settings.allow_private_networks,
+                timeout_seconds=settings.fetch_timeout_seconds,
+                connect_timeout_seconds=settings.fetch_connect_timeout_seconds,
+                max_bytes=settings.max_image_bytes,
+                max_redirects=settings.max_redirects,
+                user_agent=settings.user_agent,
+            )
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def fetch(self, url: str) -> FetchedImage:
+        """Download ``url``; raise ``FetchError`` saying why and whether a retry may help."""
+        try:
+            async with asyncio.timeout(self._policy.timeout_seconds):
+                return await self._follow_redirects(url)
+        except FetchError:
+            raise
+        except TimeoutError:
+            raise FetchError(
+                f"timed out after {self._policy.timeout_seconds:g} s", transient=True
+            ) from None
+        except Exception as exc:
+            raise _classify(exc) from exc
+
+    async def _follow_redirects(self, url: str) -> FetchedImage:
+        _check_url(url, redirect=False)
+        current = url
+        for _ in range(self._policy.max_redirects + 1):
+            async with self._client.stream("GET", current) as response:
+                if not response.has_redirect_location:
+                    return await self._read_image(response)
+                try:
+                    target = response.url.join(response.headers["Location"])
+                except httpx.InvalidURL:
+                    raise FetchError("invalid redirect URL", transient=False) from None
+            if target.scheme not in ("http", "https"):
+                raise FetchError("redirect to a non-HTTP URL not allowed", transient=False)
+            current = str(target)
+            _check_url(current, redirect=True)
+        raise FetchError("too many redirects", transient=False)
+
+    async def _read_image(self, response: httpx.Response) -> FetchedImage:
+        _check_status(response.status_code)
+        content_type = _media_type(response.headers.get("Content-Type"))
+        if content_type is not None and not _may_be_image(content_type):
+            raise FetchError(f"not an image (content type {content_type})", transient=False)
+        limit = self._policy.max_bytes
+        too_large = FetchError(f"image larger than {_format_size(limit)}", transient=False)
+        declared = response.headers.get("Content-Length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        received = 0
+        async for chunk in response.aiter_bytes():
+            received += len(chunk)
+            if received > limit:
+                raise too_large
+            chunks.append(chunk)
+        return FetchedImage(url=str(response.url), content=b"".join(chunks),
+                            content_type=content_type)
+
+
+def _check_url(url: str, *, redirect: bool) -> None:
+    try:
+        check_url_syntax(url)
+    except ValueError as exc:
+        prefix = "invalid redirect URL" if redirect else "invalid URL"
+        raise FetchError(f"{prefix}: {exc}", transient=False) from None
+
+
+def _check_status(status: int) -> None:
+    if 200 <= status < 300:
+        return
+    # Request timeouts, rate limits and server faults tend to pass; other answers do not.
+    transient = status in (408, 429) or status >= 500
+    raise FetchError(f"HTTP {status} from source", transient=transient)
+
+
+def _media_type(header: str | None) -> str | None:
+    if header is None:
+        return None
+    media = header.split(";", 1)[0].strip().lower()
+    return media or None
+
+
+def _may_be_image(media: str) -> bool:
+    """Refuse only types that clearly are not images; the decoder judges the rest."""
+    if media.startswith("image/") or media in _ALLOWED_BINARY_TYPES:
+        return True
+    top, _, sub = media.partition("/")
+    if top in _NON_IMAGE_TOP_LEVEL:
+        return False
+    if top == "application":
+        return sub not in _NON_IMAGE_APPLICATION and not sub.endswith(("+json", "+xml"))
+    return True
+
+
+def _format_size(size: int) -> str:
+    for unit, scale in (("MB", 1024 * 1024), ("KB", 1024)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    return f"{size} bytes"
+
+
+def _classify(exc: Exception) -> FetchError:
+    if isinstance(exc, AddressNotAllowed):
+        return FetchError("source address not allowed", transient=False)
+    if isinstance(exc, socket.gaierror):
+        return FetchError("could not resolve host", transient=True)
+    if isinstance(exc, httpx.ConnectTimeout):
+        return FetchError("timed out connecting to source", transient=True)
+    if isinstance(exc, httpx.ConnectError | ConnectionError):
+        return FetchError("could not connect to source", transient=True)
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return FetchError("incomplete or malformed response from source", transient=True)
+    if isinstance(exc, httpx.TransportError | OSError):
+        return FetchError("connection to source failed", transient=True)
+    if isinstance(exc, httpx.InvalidURL):
+        return FetchError("invalid URL", transient=False)
+    if isinstance(exc, httpx.DecodingError):
+        return FetchError("could not decode response from source", transient=False)
+    logger.exception("unexpected error while fetching an image")
+    return FetchError("unexpected error while fetching", transient=True)
+
+
+class _GuardedBackend(httpcore.AsyncNetworkBackend):
+    """Resolves and checks the address at connect time, then connects to that very address.
+
+    Checking here rather than before the request defeats DNS rebinding: the address vetted is
+    the one connected to. TLS still verifies the original host name, because httpcore passes
+    it to ``start_tls`` separately.
+    """
+
+    def __init__(self, *, allow_private: bool, is_allowed: Callable[[IPAddress], bool]) -> None:
+        self._inner = httpcore.AnyIOBackend()
+        self._allow_private = allow_private
+        self._is_allowed = is_allowed
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            async with asyncio.timeout(timeout):
+                addresses = await resolve_allowed_addresses(
+                    host, port, allow_private=self._allow_private, is_allowed=self._is_allowed
+                )
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"timed out resolving {host}") from None
+        last_error: httpcore.ConnectError | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(
+                    address, port, timeout, local_address, socket_options
+                )
+            except httpcore.ConnectError as exc:
+                last_error = exc
+        assert last_error is not None
+        raise last_error
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("unix sockets are not allowed")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+# Most specific first: httpx exposes the same hierarchy, and callers match on the httpx types.
+_HTTPCORE_TO_HTTPX: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+@contextlib.contextmanager
+def _httpx_errors() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        for core_type, httpx_type in _HTTPCORE_TO_HTTPX:
+            if isinstance(exc, core_type):
+                raise httpx_type(str(exc)) from exc
+        raise
+
+
+class _GuardedTransport(httpx.AsyncBaseTransport):
+    """An httpx transport over an httpcore pool that uses ``_GuardedBackend``.
+
+    httpx.AsyncHTTPTransport cannot take a network backend, hence this small equivalent.
+    """
+
+    def __init__(self, backend: httpcore.AsyncNetworkBackend) -> None:
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=100,
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
+            network_backend=backend,
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.AsyncByteStream)
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _httpx_errors():
+            core_response = await self._pool.handle_async_request(core_request)
+        assert isinstance(core_response.stream, AsyncIterable)
+        return httpx.Response(
+            status_code=core_response.status,
+            headers=core_response.headers,
+            stream=_ResponseStream(core_response.stream),
+            extensions=core_response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    def __init__(self, stream: AsyncIterable[bytes]) -> None:
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _httpx_errors():
+            async for part in self._stream:
+                yield part
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._stream, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -1,0 +1,38 @@
+"""Session-wide real services: NATS JetStream, a database, a corpus HTTP server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.infrastructure import NatsServer, database_for_tests, nats_for_tests
+
+CORPUS_DIR = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+
+def pytest_report_header() -> list[str]:
+    import os
+
+    return [f"pixpipe database: {os.environ.get('PIXPIPE_TEST_DATABASE_URL') or 'SQLite'}",
+            f"pixpipe NATS: {os.environ.get('PIXPIPE_TEST_NATS_URL') or 'own nats-server'}"]
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    if not (CORPUS_DIR / "products.csv").exists():
+        pytest.fail(f"test corpus not found at {CORPUS_DIR}")
+    return CORPUS_DIR
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    with nats_for_tests(tmp_path_factory.mktemp("nats")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with database_for_tests(tmp_path_factory.mktemp("db")) as url:
+        yield url

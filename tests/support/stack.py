@@ -1,0 +1,123 @@
+"""Runs the whole pixpipe stack for end-to-end tests and talks to it like a user would."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from pixpipe.embedded_nats import free_port
+from pixpipe.settings import Settings
+from pixpipe.stack import Stack
+from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc, status_pb2, status_pb2_grpc
+
+TERMINAL_STATES = (status_pb2.REQUEST_STATE_COMPLETED, status_pb2.REQUEST_STATE_FAILED)
+
+
+@dataclass
+class RunningStack:
+    settings: Settings
+    stack: Stack
+    log_dir: Path
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.gateway_port}"
+
+    @property
+    def ingest_address(self) -> str:
+        return f"127.0.0.1:{self.settings.ingest_port}"
+
+    @property
+    def status_address(self) -> str:
+        return f"127.0.0.1:{self.settings.status_port}"
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}"
+                         for path in sorted(self.log_dir.glob("*.log")))
+
+
+def stack_settings(data_dir: Path, *, database_url: str, nats_url: str,
+                   **overrides: str) -> dict[str, str]:
+    """PIXPIPE_* variables for a stack on free ports that may fetch from loopback."""
+    return {
+        "PIXPIPE_DATA_DIR": str(data_dir),
+        "PIXPIPE_DATABASE_URL": database_url,
+        "PIXPIPE_NATS_URL": nats_url,
+        "PIXPIPE_ALLOW_PRIVATE_NETWORKS": "true",
+        "PIXPIPE_GATEWAY_PORT": str(free_port()),
+        "PIXPIPE_INGEST_PORT": str(free_port()),
+        "PIXPIPE_STATUS_PORT": str(free_port()),
+        "PIXPIPE_WORKER_CONCURRENCY": "4",
+        "PIXPIPE_CODEC_PROCESSES": "1",
+        "PIXPIPE_JOB_ACK_WAIT_SECONDS": "10",
+        "PIXPIPE_JOB_RETRY_BACKOFF_SECONDS": "[0.2, 0.5, 1]",
+        "PIXPIPE_SHUTDOWN_GRACE_SECONDS": "5",
+        "PIXPIPE_LOG_LEVEL": "INFO",
+        **overrides,
+    }
+
+
+@contextmanager
+def running_stack(data_dir: Path, environment: dict[str, str], *,
+                  workers: int = 2) -> Iterator[RunningStack]:
+    settings = Settings(**{key.removeprefix("PIXPIPE_").lower(): value  # type: ignore[arg-type]
+                           for key, value in environment.items()})
+    log_dir = data_dir / "logs"
+    stack = Stack(settings=settings, workers=workers, log_dir=log_dir, environment=environment)
+    stack.start()
+    try:
+        yield RunningStack(settings=settings, stack=stack, log_dir=log_dir)
+    finally:
+        stack.stop()
+
+
+def upload_messages(csv_bytes: bytes, *, chunk_size: int = 1024, file_name: str = "products.csv",
+                    webhook_url: str = "", options: object | None = None,
+                    ) -> Iterator[ingest_pb2.UploadRequest]:
+    metadata = ingest_pb2.UploadMetadata(file_name=file_name, webhook_url=webhook_url)
+    if options is not None:
+        metadata.options.CopyFrom(options)  # type: ignore[arg-type]
+    yield ingest_pb2.UploadRequest(metadata=metadata)
+    for start in range(0, len(csv_bytes), chunk_size):
+        yield ingest_pb2.UploadRequest(chunk=csv_bytes[start:start + chunk_size])
+
+
+async def upload(address: str, csv_bytes: bytes, **kwargs: object) -> ingest_pb2.UploadResponse:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        response: ingest_pb2.UploadResponse = await stub.Upload(
+            upload_messages(csv_bytes, **kwargs), timeout=60)  # type: ignore[arg-type]
+        return response
+
+
+async def get_status(address: str, request_id: str) -> status_pb2.RequestStatus:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = status_pb2_grpc.StatusServiceStub(channel)
+        response: status_pb2.GetStatusResponse = await stub.GetStatus(
+            status_pb2.GetStatusRequest(request_id=request_id), timeout=10)
+        return response.status
+
+
+async def wait_until_terminal(address: str, request_id: str, *,
+                              timeout: float = 120.0,  # noqa: ASYNC109
+                              ) -> status_pb2.RequestStatus:
+    """Poll GetStatus until the request is terminal (a wait for a condition, not a sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = await get_status(address, request_id)
+        if status.status in TERMINAL_STATES:
+            return status
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"request {request_id} not terminal after {timeout} s: "
+                               f"{status.completed}+{status.failed}/{status.total}")
+        await asyncio.sleep(0.1)
+
+
+def products_csv(corpus_dir: Path, port: int) -> bytes:
+    return (corpus_dir / "products.csv").read_bytes().replace(b"PORT", str(port).encode())
