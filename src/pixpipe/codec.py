@@ -150,7 +150,7 @@ def _fit(size: tuple[int, int], max_width: int | None, max_height: int | None) -
 
 
 def _to_output_mode(im: Image.Image, fmt: OutputFormat) -> Image.Image:
-    """RGB, or L for a greyscale JPEG, which is a third of the size for the same picture."""
+    """RGB, or L for a greyscale JPEG: one channel, a few per cent smaller than RGB."""
     if im.mode == "CMYK":
         return _cmyk_to_rgb(im)
     if im.has_transparency_data:
@@ -192,7 +192,9 @@ def _encode(im: Image.Image, fmt: OutputFormat, quality: int, icc: bytes | None)
     if fmt == "jpeg":
         params.update(progressive=True, optimize=True)
     elif fmt == "webp":
-        params["method"] = 4  # libwebp's default speed/size balance; 6 is ~2x slower for ~2%
+        # Pillow's default, 0, is a quarter larger on the corpus; 6 takes up to twice as long
+        # as 4 for 1-8% less.
+        params["method"] = 4
     # Encoders copy comments, XMP and the source's profile from ``info``; metadata is stripped.
     im.info = {}
     out = BytesIO()

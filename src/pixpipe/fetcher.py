@@ -73,6 +73,7 @@ class SafeFetcher:
             transport=_GuardedTransport(backend),
             trust_env=False,
             follow_redirects=False,
+            event_hooks={"response": [_check_redirect]},
             # The total limit is enforced around the whole download with asyncio.timeout;
             # httpx only bounds the connect phase so a dead host fails fast.
             timeout=httpx.Timeout(None, connect=policy.connect_timeout_seconds),
@@ -128,19 +129,17 @@ class SafeFetcher:
 
     async def _follow_redirects(self, url: str) -> FetchedImage:
         _check_url(url, redirect=False)
-        current = url
+        request = self._client.build_request("GET", url)
         for _ in range(self._policy.max_redirects + 1):
-            async with self._client.stream("GET", current) as response:
-                if not response.has_redirect_location:
+            response = await self._client.send(request, stream=True)
+            try:
+                # httpx prepares the next hop itself (follow_redirects is off);
+                # _check_redirect has already vetted where it points.
+                if response.next_request is None:
                     return await self._read_image(response)
-                try:
-                    target = response.url.join(response.headers["Location"])
-                except httpx.InvalidURL:
-                    raise FetchError("invalid redirect URL", transient=False) from None
-            if target.scheme not in ("http", "https"):
-                raise FetchError("redirect to a non-HTTP URL not allowed", transient=False)
-            current = str(target)
-            _check_url(current, redirect=True)
+                request = response.next_request
+            finally:
+                await response.aclose()
         raise FetchError("too many redirects", transient=False)
 
     async def _read_image(self, response: httpx.Response) -> FetchedImage:
@@ -162,6 +161,19 @@ class SafeFetcher:
             chunks.append(chunk)
         return FetchedImage(url=str(response.url), content=b"".join(chunks),
                             content_type=content_type)
+
+
+async def _check_redirect(response: httpx.Response) -> None:
+    """Vet a redirect's target before httpx builds a request for it, which can itself fail."""
+    if not response.has_redirect_location:
+        return
+    try:
+        target = response.url.join(response.headers["Location"])
+    except httpx.InvalidURL:
+        raise FetchError("invalid redirect URL", transient=False) from None
+    if target.scheme not in ("http", "https"):
+        raise FetchError("redirect to a non-HTTP URL not allowed", transient=False)
+    _check_url(str(target), redirect=True)
 
 
 def _check_url(url: str, *, redirect: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
@@ -212,6 +213,12 @@ class _Server(ThreadingHTTPServer):
         with self._connections_lock:
             self._connections.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client hanging up mid-exchange (size limit, timeout) is expected; anything else
+        # is a bug in a route and deserves the traceback.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
     def drop_connections(self) -> None:
         """Unblock handlers waiting for the next keep-alive request by closing their sockets."""
