@@ -63,7 +63,9 @@ class Bus:
             connect_timeout=5,
             allow_reconnect=True,
         )
-        bus = cls(client=client, js=client.jetstream(timeout=10), settings=settings)
+        bus = cls(client=client,
+                  js=client.jetstream(timeout=settings.nats_request_timeout_seconds),
+                  settings=settings)
         await bus.ensure_streams()
         return bus
 

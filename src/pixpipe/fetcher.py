@@ -8,6 +8,7 @@ import logging
 import socket
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
@@ -74,6 +75,9 @@ class SafeFetcher:
             trust_env=False,
             follow_redirects=False,
             event_hooks={"response": [_check_redirect]},
+            # Fetches for different requests share this client; cookies would carry state
+            # from one to the next, so none are kept.
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
             # The total limit is enforced around the whole download with asyncio.timeout;
             # httpx only bounds the connect phase so a dead host fails fast.
             timeout=httpx.Timeout(None, connect=policy.connect_timeout_seconds),

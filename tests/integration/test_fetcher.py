@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -66,6 +67,16 @@ async def test_sends_the_configured_user_agent(server: CorpusHttpServer) -> None
     async with SafeFetcher(FetchPolicy(allow_private_networks=True, user_agent="ua-test/1")) as f:
         await f.fetch(server.url("photos/rocket.jpg"))
     assert server.requests[-1].headers["User-Agent"] == "ua-test/1"
+
+
+async def test_cookies_are_not_kept_between_fetches(
+    server: CorpusHttpServer, fetcher: SafeFetcher
+) -> None:
+    body = ROCKET.read_bytes()
+    url = server.respond("/cookie", body=body, headers={"Set-Cookie": "session=abc; Path=/"})
+    await fetcher.fetch(url)
+    await fetcher.fetch(url)
+    assert "Cookie" not in server.requests[-1].headers
 
 
 async def test_concurrent_fetches_share_one_client(
@@ -196,14 +207,14 @@ async def test_body_of_exactly_the_limit_is_accepted(server: CorpusHttpServer) -
 
 
 @pytest.mark.parametrize(
-    ("after_headers", "timeout", "reason"),
+    ("after_headers", "seconds", "reason"),
     [(False, 1.0, "timed out after 1 s"), (True, 0.5, "timed out after 0.5 s")],
 )
 async def test_hanging_source_times_out(
-    server: CorpusHttpServer, after_headers: bool, timeout: float, reason: str
+    server: CorpusHttpServer, after_headers: bool, seconds: float, reason: str
 ) -> None:
     url = server.hang("/hang", after_headers=after_headers)
-    async with SafeFetcher(FetchPolicy(allow_private_networks=True, timeout_seconds=timeout)) as f:
+    async with SafeFetcher(FetchPolicy(allow_private_networks=True, timeout_seconds=seconds)) as f:
         error = await fetch_error(f, url)
     assert (error.reason, error.transient) == (reason, True)
 
@@ -305,3 +316,16 @@ async def test_connection_refused_is_transient(fetcher: SafeFetcher) -> None:
 async def test_unresolvable_host_is_transient(fetcher: SafeFetcher) -> None:
     error = await fetch_error(fetcher, "http://no-such-host.invalid/a.jpg")
     assert (error.reason, error.transient) == ("could not resolve host", True)
+
+
+async def test_server_stops_cleanly_with_parked_and_idle_connections() -> None:
+    before = set(threading.enumerate())
+    with CorpusHttpServer(CORPUS) as server:
+        url = server.hang("/hang")
+        policy = FetchPolicy(allow_private_networks=True, timeout_seconds=0.2)
+        async with SafeFetcher(policy) as f:
+            await f.fetch(server.url("photos/rocket.jpg"))  # leaves a keep-alive connection
+            with pytest.raises(FetchError):
+                await f.fetch(url)  # leaves a handler parked in the hang route
+            assert len(set(threading.enumerate()) - before) >= 2
+    assert set(threading.enumerate()) - before == set()
