@@ -179,7 +179,7 @@ async def test_two_workers_share_the_load_and_redelivery_duplicates_nothing(
         assert len(workers) == 2, f"one worker did everything: {workers}"
 
         # Re-publish every job under new message ids, as a redelivery after a lost ack would.
-        client = await nats.connect(stack.settings.nats_url)
+        client = await nats.connect(stack.settings.nats_url or "")
         try:
             js = client.jetstream()
             for image in status.images:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -151,8 +150,9 @@ async def test_a_worker_killed_on_the_last_delivery_still_fails_the_image(
         "nats_url": settings.nats_url, "allow_private_networks": "true",
         "job_max_deliver": 1, "job_ack_wait_seconds": 1.5, "fetch_timeout_seconds": 120,
         "codec_processes": 1}.items()}}
-    doomed = subprocess.Popen([sys.executable, "-m", "services.worker.main"], env=environment,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    doomed = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.worker.main", env=environment,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     try:
         request_id = await submit(repository, bus, [http_server.url("/hangs.jpg")])
         deadline = time.monotonic() + 30
@@ -160,13 +160,13 @@ async def test_a_worker_killed_on_the_last_delivery_still_fails_the_image(
             assert time.monotonic() < deadline, "the worker never fetched the image"
             await asyncio.sleep(0.05)
         doomed.send_signal(signal.SIGKILL)
-        doomed.wait(timeout=10)
+        await asyncio.wait_for(doomed.wait(), timeout=10)
         async with running_worker(settings):
             view = await wait_terminal(repository, request_id, seconds=30)
     finally:
-        if doomed.poll() is None:
+        if doomed.returncode is None:
             doomed.kill()
-            doomed.wait()
+            await doomed.wait()
     image = view.images[0]
     assert image.status == ImageState.FAILED
     assert image.error == "gave up after 1 attempts"
