@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -75,8 +76,10 @@ class Bus:
         try:
             await self.client.drain()
         except Exception:
-            # Draining needs a live connection; when the broker is gone just close.
-            await self.client.close()
+            # Draining needs a live connection; when the broker is gone just close, and a
+            # close that finds the socket already dead has nothing left to do.
+            with contextlib.suppress(Exception):
+                await self.client.close()
 
     async def ensure_streams(self) -> None:
         """Create or update both streams; safe to call from every service at start-up."""

@@ -17,7 +17,7 @@ from pixpipe.net_policy import IPAddress
 from pixpipe.settings import Settings
 from tests.support.http_server import CorpusHttpServer, Exchange
 
-CORPUS = Path("/work/shared/corpus")
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
 ROCKET = CORPUS / "photos" / "rocket.jpg"
 LOOPBACK_OPEN = FetchPolicy(allow_private_networks=True, timeout_seconds=10.0)
 

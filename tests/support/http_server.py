@@ -15,7 +15,8 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
-DEFAULT_CORPUS = Path("/work/shared/corpus")
+# The repository is cloned with shared/ beside it.
+DEFAULT_CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
 
 Route = Callable[["Exchange"], None]
 

@@ -9,7 +9,7 @@ import pytest
 from pixpipe.csv_input import ParsedCsv, ProductRow, parse_products_csv
 from pixpipe.errors import CsvFault, CsvValidationError
 
-CORPUS = Path("/work/shared/corpus/products.csv")
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "products.csv"
 HEADER = "S. No.,Product Name,Input Image Urls\n"
 A = "https://img.example/a.jpg"
 B = "http://img.example/b.png"

@@ -1,0 +1,126 @@
+"""IngestService over a real gRPC port, against a real database and a real NATS server."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from sqlalchemy import select
+
+from pixpipe.bus import JOBS_STREAM, Bus
+from pixpipe.db.models import RequestRecord
+from pixpipe.db.repository import Repository
+from pixpipe.domain import ImageState, RequestState
+from pixpipe.embedded_nats import free_port
+from pixpipe.grpc_server import GrpcServer
+from pixpipe.settings import Settings
+from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc
+from services.ingest.servicer import IngestServicer
+from tests.support.infrastructure import start_own_nats
+from tests.support.stack import upload
+
+CSV = (b"S. No.,Product Name,Input Image Urls\n"
+       b'1,Lamp,"https://img.example/a.jpg,https://img.example/b.jpg"\n'
+       b"2,Desk,https://img.example/c.jpg\n")
+
+
+async def serve_ingest(settings: Settings, repository: Repository, bus: Bus) -> GrpcServer:
+    server = GrpcServer(host="127.0.0.1", port=free_port(), api_token=settings.api_token)
+    server.add(ingest_pb2_grpc.add_IngestServiceServicer_to_server,
+               IngestServicer(settings, repository, bus), "pixpipe.v1.IngestService")
+    await server.start()
+    return server
+
+
+async def test_upload_publishes_one_job_per_image(
+        make_settings: Callable[..., Settings], repository: Repository, tmp_path: Path) -> None:
+    nats_server = start_own_nats(tmp_path / "js")
+    try:
+        settings = make_settings(nats_url=nats_server.url)
+        bus = await Bus.connect(settings, name="test-ingest")
+        server = await serve_ingest(settings, repository, bus)
+        try:
+            answer = await upload(f"127.0.0.1:{server.port}", CSV, chunk_size=10)
+            info = await bus.js.stream_info(JOBS_STREAM)
+        finally:
+            await server.stop(0)
+            await bus.close()
+    finally:
+        nats_server.stop()
+    assert answer.image_count == 3
+    assert info.state.messages == 3
+    view = await repository.get_request(answer.request_id)
+    assert view is not None and view.counters.total == 3
+    assert [image.input_url.rsplit("/", 1)[-1] for image in view.images] == [
+        "a.jpg", "b.jpg", "c.jpg"]
+
+
+async def test_broker_down_fails_the_request_instead_of_leaving_it_stuck(
+        make_settings: Callable[..., Settings], repository: Repository, tmp_path: Path) -> None:
+    nats_server = start_own_nats(tmp_path / "js")
+    settings = make_settings(nats_url=nats_server.url, nats_request_timeout_seconds=1.0)
+    bus = await Bus.connect(settings, name="test-ingest")
+    server = await serve_ingest(settings, repository, bus)
+    file_name = f"unqueued-{uuid.uuid4()}.csv"
+    try:
+        nats_server.stop()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await upload(f"127.0.0.1:{server.port}", CSV, file_name=file_name)
+    finally:
+        await server.stop(0)
+        await bus.close()
+        nats_server.stop()
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    async with repository._sessions() as session:
+        request_id = await session.scalar(
+            select(RequestRecord.id).where(RequestRecord.file_name == file_name))
+    assert request_id is not None
+    view = await repository.get_request(request_id)
+    assert view is not None
+    assert view.counters.status == RequestState.FAILED
+    assert (view.counters.failed, view.counters.total) == (3, 3)
+    assert all(image.status == ImageState.FAILED and "could not be queued" in (image.error or "")
+               for image in view.images)
+
+
+async def test_metadata_after_data_and_oversize_uploads_are_refused(
+        make_settings: Callable[..., Settings], repository: Repository, bus: Bus) -> None:
+    settings = make_settings(max_upload_bytes=64)
+    server = await serve_ingest(settings, repository, bus)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = ingest_pb2_grpc.IngestServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as too_big:
+                await upload(f"127.0.0.1:{server.port}", CSV * 3)
+            late_metadata = [ingest_pb2.UploadRequest(chunk=b"S. No."),
+                             ingest_pb2.UploadRequest(metadata=ingest_pb2.UploadMetadata())]
+            with pytest.raises(grpc.aio.AioRpcError) as misordered:
+                await stub.Upload(iter(late_metadata), timeout=10)
+    finally:
+        await server.stop(0)
+    assert too_big.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "size limit" in (too_big.value.details() or "")
+    assert misordered.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_api_token_is_required_when_configured(
+        make_settings: Callable[..., Settings], repository: Repository, bus: Bus) -> None:
+    settings = make_settings(api_token="s3cret")
+    server = await serve_ingest(settings, repository, bus)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await upload(f"127.0.0.1:{server.port}", CSV)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = ingest_pb2_grpc.IngestServiceStub(channel)
+            from tests.support.stack import upload_messages
+
+            answer = await stub.Upload(upload_messages(CSV),  # type: ignore[arg-type]
+                                       metadata=(("authorization", "Bearer s3cret"),),
+                                       timeout=30)
+    finally:
+        await server.stop(0)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert answer.image_count == 3
