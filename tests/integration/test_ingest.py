@@ -117,7 +117,7 @@ async def test_api_token_is_required_when_configured(
             stub = ingest_pb2_grpc.IngestServiceStub(channel)
             from tests.support.stack import upload_messages
 
-            answer = await stub.Upload(upload_messages(CSV),  # type: ignore[arg-type]
+            answer = await stub.Upload(upload_messages(CSV),
                                        metadata=(("authorization", "Bearer s3cret"),),
                                        timeout=30)
     finally:
