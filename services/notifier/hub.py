@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -18,8 +19,10 @@ log = logging.getLogger(__name__)
 class EventHub:
     """One subscription for the whole process; a bounded queue per watcher."""
 
-    def __init__(self, bus: Bus, *, queue_size: int = 10_000) -> None:
+    def __init__(self, bus: Bus, *, queue_size: int = 10_000,
+                 on_completion: Callable[[], None] | None = None) -> None:
         self._bus = bus
+        self._on_completion = on_completion
         self._queue_size = queue_size
         self._watchers: dict[str, set[asyncio.Queue[status_pb2.WatchStatusResponse]]] = (
             defaultdict(set))
@@ -53,6 +56,9 @@ class EventHub:
 
     async def _dispatch(self, message: Msg) -> None:
         request_id = message.subject.rsplit(".", 1)[-1]
+        if self._on_completion is not None and (message.headers or {}).get(
+                "Nats-Msg-Id", "").endswith(".completed"):
+            self._on_completion()
         queues = self._watchers.get(request_id)
         if not queues:
             return

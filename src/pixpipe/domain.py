@@ -80,6 +80,16 @@ class RequestCounters:
 
 
 @dataclass(frozen=True)
+class WebhookView:
+    url: str
+    # waiting (request still running), pending, delivered or failed.
+    state: str
+    attempts: int = 0
+    last_status_code: int | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
 class RequestView:
     request_id: str
     file_name: str
@@ -90,6 +100,7 @@ class RequestView:
     completed_at: datetime | None
     header: list[str] = field(default_factory=list)
     images: list[ImageView] = field(default_factory=list)
+    webhook: WebhookView | None = None
 
 
 @dataclass(frozen=True)

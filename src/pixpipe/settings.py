@@ -77,10 +77,16 @@ class Settings(BaseSettings):
     # Webhooks.
     webhook_secret: str = "whsec_cGl4cGlwZS1kZXZlbG9wbWVudC1zZWNyZXQ="
     webhook_timeout_seconds: float = 10.0
+    # Delay before each retry; the default spans about 27 hours (Standard Webhooks' advice).
+    webhook_retry_schedule: list[float] = Field(
+        default=[5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0])
+    webhook_lease_seconds: float = Field(default=60.0, gt=0, description="How long a notifier "
+                                         "owns a delivery attempt before another may retry.")
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
 
     log_level: str = "INFO"
 
-    @field_validator("job_retry_backoff_seconds", mode="before")
+    @field_validator("job_retry_backoff_seconds", "webhook_retry_schedule", mode="before")
     @classmethod
     def _parse_schedule(cls, value: object) -> object:
         # Accept "1,5,15" as well as the JSON list pydantic-settings expects.

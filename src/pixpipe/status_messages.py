@@ -104,8 +104,15 @@ def request_to_proto(view: RequestView) -> status_pb2.RequestStatus:
     message.created_at.CopyFrom(timestamp(view.created_at))
     if view.completed_at is not None:
         message.completed_at.CopyFrom(timestamp(view.completed_at))
-    if view.webhook_url:
-        message.webhook.url = view.webhook_url
+    if view.webhook is not None:
+        webhook = view.webhook
+        message.webhook.url = webhook.url
+        message.webhook.state = webhook.state
+        message.webhook.attempts = webhook.attempts
+        if webhook.last_status_code is not None:
+            message.webhook.last_status_code = webhook.last_status_code
+        if webhook.last_error is not None:
+            message.webhook.last_error = webhook.last_error
     return message
 
 
@@ -165,7 +172,10 @@ def request_to_json(message: status_pb2.RequestStatus) -> dict[str, Any]:
     if "format" in options:
         fmt = _enum_suffix(options["format"], "IMAGE_FORMAT_")
         options["format"] = None if fmt == "unspecified" else fmt
-    if not message.HasField("webhook"):
+    if message.HasField("webhook"):
+        data["webhook"].setdefault("last_status_code", None)
+        data["webhook"].setdefault("last_error", None)
+    else:
         data["webhook"] = None
     return data
 

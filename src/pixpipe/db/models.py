@@ -99,3 +99,49 @@ class ImageRecord(Base):
         UniqueConstraint("request_id", "serial_number", "position"),
         Index("ix_images_request_id_status", "request_id", "status"),
     )
+
+
+class WebhookDelivery(Base):
+    """One webhook event of a request (its completion), delivered by whichever notifier
+    holds the lease; written in the same transaction that finished the request."""
+
+    __tablename__ = "webhook_deliveries"
+
+    # Also the Standard Webhooks ``webhook-id``: stable across retries so receivers de-dupe.
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"))
+    event_type: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    locked_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                          nullable=True)
+    # The body, fixed at the first attempt so every retry sends the same bytes.
+    payload: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                          nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("request_id", "event_type"),
+        Index("ix_webhook_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
+    )
+
+
+class WebhookAttempt(Base):
+    """Every POST made for a delivery: when, how long, and what came back."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True)
+    attempted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    notifier: Mapped[str] = mapped_column(String(128))

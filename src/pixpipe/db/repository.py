@@ -11,7 +11,7 @@ from sqlalchemy import case, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixpipe.csv_input import ParsedCsv
-from pixpipe.db.models import ImageRecord, ProductRecord, RequestRecord
+from pixpipe.db.models import ImageRecord, ProductRecord, RequestRecord, WebhookDelivery
 from pixpipe.domain import (
     TERMINAL_REQUEST_STATES,
     ImageChange,
@@ -24,6 +24,7 @@ from pixpipe.domain import (
     RequestOptions,
     RequestState,
     RequestView,
+    WebhookView,
 )
 
 _OPEN_IMAGE_STATES = (ImageState.PENDING.value, ImageState.PROCESSING.value)
@@ -173,9 +174,23 @@ class Repository:
                                                 failed=int(not succeeded))
             if counters is None:
                 return None
+            if counters.status in TERMINAL_REQUEST_STATES:
+                await self._schedule_webhook(session, request_id, counters.status, now)
             image = await self._image_view(session, image_id)
         return ImageChange(request_id=request_id, image=image, counters=counters,
                            finished_request=counters.status in TERMINAL_REQUEST_STATES)
+
+    async def _schedule_webhook(self, session: AsyncSession, request_id: str,
+                                status: RequestState, now: datetime) -> None:
+        """The outbox row for the completion webhook, committed with the completion itself."""
+        url = await session.scalar(
+            select(RequestRecord.webhook_url).where(RequestRecord.id == request_id))
+        if not url:
+            return
+        session.add(WebhookDelivery(
+            id=webhook_message_id(request_id, status.value), request_id=request_id,
+            event_type=f"request.{status.value}", url=url, state="pending", attempts=0,
+            next_attempt_at=now, created_at=now))
 
     async def _bump_request(
         self, session: AsyncSession, request_id: str, now: datetime, *, completed: int,
@@ -222,6 +237,8 @@ class Repository:
             record = await session.get(RequestRecord, request_id)
             if record is None:
                 return None
+            delivery = await session.scalar(
+                select(WebhookDelivery).where(WebhookDelivery.request_id == request_id))
             images: list[ImageView] = []
             if include_images:
                 rows = (await session.execute(
@@ -231,7 +248,7 @@ class Repository:
                     .order_by(ImageRecord.serial_number, ImageRecord.position)
                 )).all()
                 images = [_image_view(image, name) for image, name in rows]
-        return _request_view(record, images)
+        return _request_view(record, images, _webhook_view(record, delivery))
 
     async def open_image_ids(self, request_id: str) -> Sequence[str]:
         async with self._sessions() as session:
@@ -250,7 +267,23 @@ def _image_view(record: ImageRecord, product_name: str) -> ImageView:
     )
 
 
-def _request_view(record: RequestRecord, images: list[ImageView]) -> RequestView:
+def webhook_message_id(request_id: str, status: str) -> str:
+    return f"msg_{request_id.replace('-', '')}_{status}"
+
+
+def _webhook_view(record: RequestRecord, delivery: WebhookDelivery | None,
+                  ) -> WebhookView | None:
+    if not record.webhook_url:
+        return None
+    if delivery is None:
+        return WebhookView(url=record.webhook_url, state="waiting")
+    return WebhookView(url=delivery.url, state=delivery.state, attempts=delivery.attempts,
+                       last_status_code=delivery.last_status_code,
+                       last_error=delivery.last_error)
+
+
+def _request_view(record: RequestRecord, images: list[ImageView],
+                  webhook: WebhookView | None = None) -> RequestView:
     created_at = _as_utc(record.created_at)
     assert created_at is not None
     return RequestView(
@@ -261,7 +294,7 @@ def _request_view(record: RequestRecord, images: list[ImageView]) -> RequestView
                                  completed=record.completed, failed=record.failed,
                                  version=record.version),
         created_at=created_at, completed_at=_as_utc(record.completed_at),
-        header=list(record.header or []), images=images,
+        header=list(record.header or []), images=images, webhook=webhook,
     )
 
 
