@@ -20,32 +20,64 @@ from services.notifier.webhooks import WebhookDispatcher, WebhookSender
 log = logging.getLogger(__name__)
 
 
+class Notifier:
+    """The status service, the event hub behind its watchers and the webhook dispatcher."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._engine = engine_from_settings(settings)
+        sessions = session_factory(self._engine)
+        self.repository = Repository(sessions)
+        self.webhooks = WebhookRepository(sessions)
+        self._sender = WebhookSender(settings)
+        self.dispatcher = WebhookDispatcher(settings, self.repository, self.webhooks,
+                                            self._sender)
+        self._stop = asyncio.Event()
+        self._deliveries: asyncio.Task[None] | None = None
+        self.hub: EventHub | None = None
+        self.server: GrpcServer | None = None
+        self._bus: Bus | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.port
+
+    async def start(self) -> None:
+        settings = self.settings
+        self._bus = await Bus.connect(settings, name="pixpipe-notifier")
+        self.hub = EventHub(self._bus, on_completion=self.dispatcher.wake)
+        await self.hub.start()
+        self._deliveries = asyncio.create_task(self.dispatcher.run(self._stop))
+        self.server = GrpcServer(host=settings.bind_host, port=settings.status_port,
+                                 api_token=settings.api_token)
+        self.server.add(status_pb2_grpc.add_StatusServiceServicer_to_server,
+                        StatusServicer(self.repository, self.hub),
+                        status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name)
+        await self.server.start()
+        log.info("status service listening on %s:%d", settings.bind_host, self.server.port)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        self._stop.set()
+        if self.server is not None:
+            await self.server.stop(grace)
+        if self._deliveries is not None:
+            await self._deliveries
+        await self._sender.aclose()
+        if self.hub is not None:
+            await self.hub.stop()
+        if self._bus is not None:
+            await self._bus.close()
+        await self._engine.dispose()
+
+
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    engine = engine_from_settings(settings)
-    repository = Repository(session_factory(engine))
-    bus = await Bus.connect(settings, name="pixpipe-notifier")
-    sender = WebhookSender(settings)
-    dispatcher = WebhookDispatcher(settings, repository,
-                                   WebhookRepository(session_factory(engine)), sender)
-    hub = EventHub(bus, on_completion=dispatcher.wake)
-    await hub.start()
-    deliveries = asyncio.create_task(dispatcher.run(stop))
-    server = GrpcServer(host=settings.bind_host, port=settings.status_port,
-                        api_token=settings.api_token)
-    server.add(status_pb2_grpc.add_StatusServiceServicer_to_server,
-               StatusServicer(repository, hub),
-               status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name)
-    await server.start()
-    log.info("status service listening on %s:%d", settings.bind_host, server.port)
+    notifier = Notifier(settings)
+    await notifier.start()
     try:
         await stop.wait()
     finally:
-        await server.stop()
-        await deliveries
-        await sender.aclose()
-        await hub.stop()
-        await bus.close()
-        await engine.dispose()
+        await notifier.stop()
 
 
 def main() -> None:

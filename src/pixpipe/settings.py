@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 OutputFormat = Literal["jpeg", "webp", "avif"]
+# A list of delays in seconds; NoDecode lets "1,5,15" through to our own parser below.
+Schedule = Annotated[list[float], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -70,7 +72,7 @@ class Settings(BaseSettings):
                                  "0 means one per CPU core.")
     job_ack_wait_seconds: float = 30.0
     job_max_deliver: int = Field(default=5, ge=1)
-    job_retry_backoff_seconds: list[float] = Field(default=[1.0, 5.0, 15.0, 30.0])
+    job_retry_backoff_seconds: Schedule = Field(default=[1.0, 5.0, 15.0, 30.0])
     stream_replicas: int = Field(default=1, ge=1, le=5)
     shutdown_grace_seconds: float = 20.0
 
@@ -78,7 +80,7 @@ class Settings(BaseSettings):
     webhook_secret: str = "whsec_cGl4cGlwZS1kZXZlbG9wbWVudC1zZWNyZXQ="
     webhook_timeout_seconds: float = 10.0
     # Delay before each retry; the default spans about 27 hours (Standard Webhooks' advice).
-    webhook_retry_schedule: list[float] = Field(
+    webhook_retry_schedule: Schedule = Field(
         default=[5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0])
     webhook_lease_seconds: float = Field(default=60.0, gt=0, description="How long a notifier "
                                          "owns a delivery attempt before another may retry.")

@@ -1,0 +1,309 @@
+"""``make bench``: end-to-end images/s through the whole stack against raw Pillow on the same images.
+
+Serves the photo corpus from loopback, measures the raw Pillow rate of the images (one process
+per core, the workers' default transform), then starts the stack with its defaults (SQLite,
+embedded NATS, two workers), uploads the same images over gRPC and times them until GetStatus
+says the request is terminal. Prints both rates and their ratio; the target is at least 0.7.
+A benchmark, not a test: it exits non-zero only when the run itself breaks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import grpc
+from rich.console import Console
+from rich.table import Table
+
+from bench.corpus import corpus_dir, cycle, load_photos, products_csv, serving
+from pixpipe.codec import TransformOptions, transform_image
+from pixpipe.embedded_nats import free_port
+from pixpipe.settings import Settings
+from pixpipe.stack import Stack
+from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc, status_pb2, status_pb2_grpc
+
+TARGET_RATIO = 0.7
+POLL_SECONDS = 0.05
+_CHUNK_BYTES = 64 * 1024
+_TERMINAL = (status_pb2.REQUEST_STATE_COMPLETED, status_pb2.REQUEST_STATE_FAILED)
+# The worker count `make run` starts (pixpipe-stack --workers), read so the two never drift.
+DEFAULT_WORKERS: int = next(int(f.default) for f in fields(Stack)  # type: ignore[call-overload]
+                            if f.name == "workers")
+
+console = Console(highlight=False)
+
+
+class BenchError(Exception):
+    """The run itself broke (images failed, a service died, a request never finished)."""
+
+
+@dataclass(frozen=True)
+class Rate:
+    label: str
+    images: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.images / self.seconds
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    rate: Rate
+    upload_seconds: float  # until the Upload RPC returned: parsed, recorded, jobs queued
+    first_done_seconds: float  # until the first poll saw an image finished
+    server_seconds: float  # the request's created_at → completed_at, as the database says
+    bytes_in: int
+    bytes_out: int
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=500, help="images per run (default 500)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measured runs of each side; the ratio uses the medians")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help=f"worker processes (default {DEFAULT_WORKERS}, as make run)")
+    parser.add_argument("--warmup", type=int, default=32,
+                        help="images of an unmeasured request first, so the workers' "
+                             "codec processes are started (default 32; 0 skips it)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the data directory (logs, database, outputs)")
+    args = parser.parse_args(argv)
+    if args.images < 1 or args.repeat < 1 or args.workers < 1 or args.warmup < 0:
+        parser.error("--images, --repeat and --workers must be positive, --warmup >= 0")
+    return args
+
+
+# --- raw Pillow -----------------------------------------------------------------------------
+
+def transform_options(settings: Settings) -> TransformOptions:
+    """What a worker passes to the codec for an upload without options."""
+    return TransformOptions(quality=settings.default_quality, format=settings.default_format,
+                            max_pixels=settings.max_image_pixels)
+
+
+def measure_raw(images: list[bytes], options: TransformOptions, processes: int,
+                repeat: int) -> list[Rate]:
+    """The transform over ``images`` in one process per core, as the workers' codec pool runs it."""
+    label = f"raw Pillow ({processes} processes)"
+    # forkserver and one submit per image, like services/worker/processor.py's CodecPool.
+    with ProcessPoolExecutor(max_workers=processes,
+                             mp_context=multiprocessing.get_context("forkserver")) as pool:
+        warm = [pool.submit(transform_image, data, options)
+                for data in images[:max(2 * processes, 8)]]
+        for future in warm:
+            future.result()
+        rates = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            futures = [pool.submit(transform_image, data, options) for data in images]
+            for future in futures:
+                future.result()
+            rates.append(Rate(label, len(images), time.perf_counter() - started))
+    return rates
+
+
+# --- the stack ------------------------------------------------------------------------------
+
+def bench_settings(data_dir: Path) -> tuple[Settings, dict[str, str]]:
+    """Defaults everywhere but the data directory, free ports and fetching from loopback."""
+    overrides: dict[str, str] = {
+        "PIXPIPE_DATA_DIR": str(data_dir),
+        "PIXPIPE_ALLOW_PRIVATE_NETWORKS": "true",
+        "PIXPIPE_EMBEDDED_NATS_PORT": str(free_port()),
+        "PIXPIPE_GATEWAY_PORT": str(free_port()),
+        "PIXPIPE_INGEST_PORT": str(free_port()),
+        "PIXPIPE_STATUS_PORT": str(free_port()),
+    }
+    # Other PIXPIPE_* variables in the environment still apply, as they do for `make run`.
+    settings = Settings(**{key.removeprefix("PIXPIPE_").lower(): value  # type: ignore[arg-type]
+                           for key, value in overrides.items()})
+    return settings, overrides
+
+
+class StackClient:
+    """The gRPC calls a user makes: upload a CSV, poll its status."""
+
+    def __init__(self, settings: Settings) -> None:
+        host = "127.0.0.1" if settings.bind_host in ("0.0.0.0", "::") else settings.bind_host
+        self._ingest = grpc.insecure_channel(f"{host}:{settings.ingest_port}")
+        self._status = grpc.insecure_channel(f"{host}:{settings.status_port}")
+        self.ingest = ingest_pb2_grpc.IngestServiceStub(self._ingest)
+        self.status = status_pb2_grpc.StatusServiceStub(self._status)
+
+    def close(self) -> None:
+        self._ingest.close()
+        self._status.close()
+
+    def upload(self, csv_bytes: bytes) -> ingest_pb2.UploadResponse:
+        response: ingest_pb2.UploadResponse = self.ingest.Upload(
+            _upload_messages(csv_bytes), timeout=120)
+        return response
+
+    def get_status(self, request_id: str, *, summary_only: bool) -> status_pb2.RequestStatus:
+        response: status_pb2.GetStatusResponse = self.status.GetStatus(
+            status_pb2.GetStatusRequest(request_id=request_id, summary_only=summary_only),
+            timeout=30)
+        return response.status
+
+
+def _upload_messages(csv_bytes: bytes) -> Iterator[ingest_pb2.UploadRequest]:
+    yield ingest_pb2.UploadRequest(metadata=ingest_pb2.UploadMetadata(file_name="bench.csv"))
+    for start in range(0, len(csv_bytes), _CHUNK_BYTES):
+        yield ingest_pb2.UploadRequest(chunk=csv_bytes[start:start + _CHUNK_BYTES])
+
+
+def run_request(client: StackClient, stack: Stack, csv_bytes: bytes, count: int,
+                label: str) -> PipelineRun:
+    """Upload, poll every 50 ms until terminal, and check that every image completed."""
+    timeout = max(120.0, count * 1.0)
+    started = time.perf_counter()
+    response = client.upload(csv_bytes)
+    uploaded = time.perf_counter()
+    if response.image_count != count:
+        raise BenchError(f"upload accepted {response.image_count} images, expected {count}")
+    first_done = 0.0
+    while True:
+        status = client.get_status(response.request_id, summary_only=True)
+        now = time.perf_counter()
+        if not first_done and status.completed + status.failed:
+            first_done = now
+        if status.status in _TERMINAL:
+            break
+        if now - started > timeout:
+            raise BenchError(f"request not terminal after {timeout:g} s: "
+                             f"{status.completed}+{status.failed}/{status.total}")
+        _check_alive(stack)
+        time.sleep(POLL_SECONDS)
+    finished = now
+    full = client.get_status(response.request_id, summary_only=False)
+    if full.completed != count or full.failed:
+        errors = sorted({image.error for image in full.images if image.error})
+        raise BenchError(f"{full.completed}/{count} images completed, {full.failed} failed: "
+                         f"{'; '.join(errors[:5]) or 'no error recorded'}")
+    server = (full.completed_at.ToDatetime() - full.created_at.ToDatetime()).total_seconds()
+    return PipelineRun(
+        rate=Rate(label, count, finished - started),
+        upload_seconds=uploaded - started,
+        first_done_seconds=(first_done or finished) - started,
+        server_seconds=server,
+        bytes_in=sum(image.bytes_in for image in full.images),
+        bytes_out=sum(image.bytes_out for image in full.images),
+    )
+
+
+def _check_alive(stack: Stack) -> None:
+    for name, process in stack.processes.items():
+        if process.poll() is not None:
+            raise BenchError(f"{name} exited with code {process.returncode}")
+
+
+def measure_pipeline(settings: Settings, environment: dict[str, str], log_dir: Path,
+                     base_url: str, photos_count: int, args: argparse.Namespace,
+                     photos: list[bytes] | None = None) -> list[PipelineRun]:
+    del photos
+    raise NotImplementedError
+
+
+# --- report ---------------------------------------------------------------------------------
+
+def report(raw: list[Rate], runs: list[PipelineRun], workers: int) -> float:
+    table = Table(title="pixpipe throughput", title_justify="left")
+    table.add_column("run")
+    table.add_column("images", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_column("images/s", justify="right")
+    for rate in [*raw, *(run.rate for run in runs)]:
+        table.add_row(rate.label, str(rate.images), f"{rate.seconds:.2f}",
+                      f"{rate.per_second:.1f}")
+    console.print(table)
+    for index, run in enumerate(runs, start=1):
+        console.print(
+            f"  run {index}: upload RPC (parse, record, queue) {run.upload_seconds:.2f} s; "
+            f"first image done at {run.first_done_seconds:.2f} s; "
+            f"server created→completed {run.server_seconds:.2f} s; "
+            f"{run.bytes_in / 1e6:.1f} MB in → {run.bytes_out / 1e6:.1f} MB out")
+    raw_rate = statistics.median(rate.per_second for rate in raw)
+    pipeline_rate = statistics.median(run.rate.per_second for run in runs)
+    ratio = pipeline_rate / raw_rate
+    verdict = "[green]met[/green]" if ratio >= TARGET_RATIO else "[red]not met[/red]"
+    median = " (medians)" if len(runs) > 1 else ""
+    console.print(f"ratio end-to-end / raw = [bold]{ratio:.2f}[/bold]{median} "
+                  f"(target >= {TARGET_RATIO:.2f}: {verdict}; {workers} workers)")
+    return ratio
+
+
+def print_logs(log_dir: Path, tail: int = 3000) -> None:
+    for path in sorted(log_dir.glob("*.log")):
+        text = path.read_text(errors="replace")[-tail:]
+        console.print(f"[bold]--- {path.name}[/bold] (last {tail} characters)", markup=True)
+        console.print(text, markup=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    photos = load_photos(corpus_dir())
+    images = cycle(photos, args.images)
+    data_dir = Path(tempfile.mkdtemp(prefix="pixpipe-bench-"))
+    log_dir = data_dir / "logs"
+    settings, environment = bench_settings(data_dir)
+    processes = os.cpu_count() or 1
+    failed = True
+    try:
+        console.print(f"{args.images} images cycling over {len(photos)} photos; "
+                      f"{processes} cores; data in {data_dir}")
+        # Raw Pillow first, before any service exists, so nothing competes with it.
+        raw = measure_raw([photo.data for photo in images], transform_options(settings),
+                          processes, args.repeat)
+        console.print(f"raw Pillow: {', '.join(f'{r.per_second:.1f}' for r in raw)} images/s")
+        with serving(photos) as base_url:
+            stack = Stack(settings=settings, workers=args.workers, log_dir=log_dir,
+                          environment=environment)
+            stack.start()
+            client = StackClient(settings)
+            try:
+                if args.warmup:
+                    run_request(client, stack, products_csv(base_url, photos, args.warmup),
+                                args.warmup, "warm-up")
+                runs = []
+                for index in range(args.repeat):
+                    label = f"pixpipe end to end ({args.workers} workers)"
+                    run = run_request(client, stack, products_csv(base_url, photos, args.images),
+                                      args.images, label)
+                    console.print(f"pipeline run {index + 1}: "
+                                  f"{run.rate.per_second:.1f} images/s")
+                    runs.append(run)
+            finally:
+                client.close()
+                stack.stop()
+        report(raw, runs, args.workers)
+        failed = False
+        return 0
+    except (BenchError, grpc.RpcError, RuntimeError, TimeoutError) as error:
+        console.print(f"[red]benchmark broke:[/red] {error}")
+        if log_dir.exists():
+            print_logs(log_dir)
+        return 1
+    finally:
+        if failed or args.keep:
+            console.print(f"data directory kept: {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The settings object and the retry schedule."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from pydantic import ValidationError
+
+from pixpipe.retry import retry_delay
+from pixpipe.settings import Settings
+
+
+def test_defaults_point_at_the_embedded_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PIXPIPE_DATABASE_URL", "PIXPIPE_NATS_URL", "PIXPIPE_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert settings.resolved_database_url.startswith("sqlite+aiosqlite:///")
+    assert settings.resolved_database_url.endswith("pixpipe-data/pixpipe.db")
+    assert settings.nats_url is None
+    assert (settings.gateway_port, settings.ingest_port, settings.status_port) == (
+        8000, 50051, 50052)
+    assert settings.default_quality == 50 and not settings.allow_private_networks
+    assert sum(settings.webhook_retry_schedule) >= 24 * 3600
+
+
+def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIXPIPE_GATEWAY_PORT", "9000")
+    monkeypatch.setenv("PIXPIPE_ALLOW_PRIVATE_NETWORKS", "true")
+    monkeypatch.setenv("PIXPIPE_WEBHOOK_RETRY_SCHEDULE", "1, 2.5,10")
+    monkeypatch.setenv("PIXPIPE_JOB_RETRY_BACKOFF_SECONDS", "[0.5, 1]")
+    monkeypatch.setenv("PIXPIPE_PUBLIC_BASE_URL", "https://img.shop.example/")
+    settings = Settings()
+    assert settings.gateway_port == 9000 and settings.allow_private_networks
+    assert settings.webhook_retry_schedule == [1.0, 2.5, 10.0]
+    assert settings.job_retry_backoff_seconds == [0.5, 1.0]
+    assert settings.public_base_url == "https://img.shop.example"
+
+
+def test_out_of_range_values_fail_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIXPIPE_DEFAULT_QUALITY", "120")
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_retry_delay_follows_the_schedule_with_bounded_jitter() -> None:
+    rng = random.Random(7)
+    schedule = [1.0, 10.0, 100.0]
+    for attempt, step in ((1, 1.0), (2, 10.0), (3, 100.0), (9, 100.0)):
+        delays = [retry_delay(schedule, attempt, rng=rng) for _ in range(200)]
+        assert all(step * 0.8 <= delay <= step * 1.2 for delay in delays)
+        assert len(set(delays)) > 1
+    assert retry_delay([], 3) == 0.0
