@@ -1,4 +1,4 @@
-"""``make bench``: end-to-end images/s through the whole stack against raw Pillow on the same images.
+"""``make bench``: images/s through the whole stack against raw Pillow on the same images.
 
 Serves the photo corpus from loopback, measures the raw Pillow rate of the images (one process
 per core, the workers' default transform), then starts the stack with its defaults (SQLite,
@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -37,9 +37,8 @@ TARGET_RATIO = 0.7
 POLL_SECONDS = 0.05
 _CHUNK_BYTES = 64 * 1024
 _TERMINAL = (status_pb2.REQUEST_STATE_COMPLETED, status_pb2.REQUEST_STATE_FAILED)
-# The worker count `make run` starts (pixpipe-stack --workers), read so the two never drift.
-DEFAULT_WORKERS: int = next(int(f.default) for f in fields(Stack)  # type: ignore[call-overload]
-                            if f.name == "workers")
+# The worker count `make run` starts: Stack's and pixpipe-stack's default.
+DEFAULT_WORKERS = Stack(settings=Settings()).workers
 
 console = Console(highlight=False)
 
@@ -210,13 +209,6 @@ def _check_alive(stack: Stack) -> None:
     for name, process in stack.processes.items():
         if process.poll() is not None:
             raise BenchError(f"{name} exited with code {process.returncode}")
-
-
-def measure_pipeline(settings: Settings, environment: dict[str, str], log_dir: Path,
-                     base_url: str, photos_count: int, args: argparse.Namespace,
-                     photos: list[bytes] | None = None) -> list[PipelineRun]:
-    del photos
-    raise NotImplementedError
 
 
 # --- report ---------------------------------------------------------------------------------

@@ -23,11 +23,11 @@ async def status_event_stream(
     first: Any, stream: grpc.aio.UnaryStreamCall[Any, status_pb2.WatchStatusResponse],
 ) -> AsyncIterator[str]:
     try:
-        if first is grpc.aio.EOF:  # type: ignore[attr-defined]
-            return
-        yield format_sse(first)
-        async for event in stream:
+        event = first
+        # The first message was taken with read(); gRPC forbids mixing that with iteration.
+        while event is not grpc.aio.EOF:  # type: ignore[attr-defined]
             yield format_sse(event)
+            event = await stream.read()
     except grpc.aio.AioRpcError as error:
         yield f"event: error\ndata: {json.dumps({'message': error.details()})}\n\n"
     finally:

@@ -1,0 +1,98 @@
+"""WatchStatus in an in-process notifier: resources are freed when watchers go away."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from pixpipe.bus import Bus
+from pixpipe.csv_input import parse_products_csv
+from pixpipe.db.repository import Repository
+from pixpipe.domain import ImageSuccess, RequestOptions
+from pixpipe.events import EventPublisher
+from pixpipe.settings import Settings
+from pixpipe.v1 import status_pb2, status_pb2_grpc
+from services.notifier.main import Notifier
+
+CSV = (b"S. No.,Product Name,Input Image Urls\n"
+       b'1,Lamp,"https://img.example/a.jpg,https://img.example/b.jpg"\n')
+
+
+async def wait_for_watchers(notifier: Notifier, count: int, seconds: float = 10.0) -> None:
+    assert notifier.hub is not None
+    deadline = time.monotonic() + seconds
+    while notifier.hub.watcher_count != count:
+        assert time.monotonic() < deadline, (
+            f"{notifier.hub.watcher_count} watchers, expected {count}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def notifier(make_settings: Callable[..., Settings]):  # type: ignore[no-untyped-def]
+    running = Notifier(make_settings(status_port=0))
+    await running.start()
+    yield running
+    await running.stop(0)
+
+
+async def test_cancelled_and_expired_watchers_release_their_subscriptions(
+        notifier: Notifier, repository: Repository) -> None:
+    request_id, _jobs = await repository.create_request(
+        parse_products_csv(CSV), options=RequestOptions(), webhook_url=None, file_name="w.csv")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{notifier.port}") as channel:
+        stub = status_pb2_grpc.StatusServiceStub(channel)
+        calls = [stub.WatchStatus(status_pb2.WatchStatusRequest(request_id=request_id))
+                 for _ in range(5)]
+        for call in calls:
+            first = await call.read()
+            assert first.WhichOneof("event") == "snapshot"
+        await wait_for_watchers(notifier, 5)
+        for call in calls[:3]:
+            call.cancel()
+        await wait_for_watchers(notifier, 2)
+        for call in calls[3:]:
+            call.cancel()
+        await wait_for_watchers(notifier, 0)
+
+        expiring = stub.WatchStatus(status_pb2.WatchStatusRequest(request_id=request_id),
+                                    timeout=0.5)
+        await expiring.read()
+        await wait_for_watchers(notifier, 1)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await expiring.read()
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await wait_for_watchers(notifier, 0)
+
+
+async def test_a_watcher_receives_each_committed_change(
+        notifier: Notifier, repository: Repository, bus: Bus) -> None:
+    request_id, jobs = await repository.create_request(
+        parse_products_csv(CSV), options=RequestOptions(), webhook_url=None, file_name="w.csv")
+    publisher = EventPublisher(bus, repository)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{notifier.port}") as channel:
+        stub = status_pb2_grpc.StatusServiceStub(channel)
+        call = stub.WatchStatus(status_pb2.WatchStatusRequest(request_id=request_id),
+                                timeout=30)
+        snapshot = await call.read()
+        await wait_for_watchers(notifier, 1)
+        for job in jobs:
+            started = await repository.start_image(job.image_id)
+            assert started is not None
+            await publisher.image_changed(started)
+            finished = await repository.finish_image(job.image_id, ImageSuccess(
+                output_path="x.jpg", bytes_in=2, bytes_out=1, width=1, height=1))
+            assert finished is not None
+            await publisher.image_changed(finished)
+        rest = []
+        while (event := await call.read()) is not grpc.aio.EOF:
+            rest.append(event)
+    kinds = [event.WhichOneof("event") for event in rest]
+    assert kinds == ["image", "image", "image", "image", "completed"]
+    assert [event.version for event in rest[:-1]] == list(
+        range(snapshot.version + 1, snapshot.version + 5))
+    assert rest[-1].completed.completed == 2
+    await wait_for_watchers(notifier, 0)
