@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -17,6 +17,7 @@ from pixpipe.events import EventPublisher
 from pixpipe.settings import Settings
 from pixpipe.v1 import status_pb2, status_pb2_grpc
 from services.notifier.main import Notifier
+from tests.support.stack import read_event, read_rest
 
 CSV = (b"S. No.,Product Name,Input Image Urls\n"
        b'1,Lamp,"https://img.example/a.jpg,https://img.example/b.jpg"\n')
@@ -32,7 +33,7 @@ async def wait_for_watchers(notifier: Notifier, count: int, seconds: float = 10.
 
 
 @pytest.fixture
-async def notifier(make_settings: Callable[..., Settings]):  # type: ignore[no-untyped-def]
+async def notifier(make_settings: Callable[..., Settings]) -> AsyncIterator[Notifier]:
     running = Notifier(make_settings(status_port=0))
     await running.start()
     yield running
@@ -48,7 +49,7 @@ async def test_cancelled_and_expired_watchers_release_their_subscriptions(
         calls = [stub.WatchStatus(status_pb2.WatchStatusRequest(request_id=request_id))
                  for _ in range(5)]
         for call in calls:
-            first = await call.read()
+            first = await read_event(call)
             assert first.WhichOneof("event") == "snapshot"
         await wait_for_watchers(notifier, 5)
         for call in calls[:3]:
@@ -60,7 +61,7 @@ async def test_cancelled_and_expired_watchers_release_their_subscriptions(
 
         expiring = stub.WatchStatus(status_pb2.WatchStatusRequest(request_id=request_id),
                                     timeout=0.5)
-        await expiring.read()
+        await read_event(expiring)
         await wait_for_watchers(notifier, 1)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await expiring.read()
@@ -77,7 +78,7 @@ async def test_a_watcher_receives_each_committed_change(
         stub = status_pb2_grpc.StatusServiceStub(channel)
         call = stub.WatchStatus(status_pb2.WatchStatusRequest(request_id=request_id),
                                 timeout=30)
-        snapshot = await call.read()
+        snapshot = await read_event(call)
         await wait_for_watchers(notifier, 1)
         for job in jobs:
             started = await repository.start_image(job.image_id)
@@ -87,9 +88,7 @@ async def test_a_watcher_receives_each_committed_change(
                 output_path="x.jpg", bytes_in=2, bytes_out=1, width=1, height=1))
             assert finished is not None
             await publisher.image_changed(finished)
-        rest = []
-        while (event := await call.read()) is not grpc.aio.EOF:
-            rest.append(event)
+        rest = await read_rest(call)
     kinds = [event.WhichOneof("event") for event in rest]
     assert kinds == ["image", "image", "image", "image", "completed"]
     assert [event.version for event in rest[:-1]] == list(

@@ -121,3 +121,21 @@ async def wait_until_terminal(address: str, request_id: str, *,
 
 def products_csv(corpus_dir: Path, port: int) -> bytes:
     return (corpus_dir / "products.csv").read_bytes().replace(b"PORT", str(port).encode())
+
+
+WatchCall = grpc.aio.UnaryStreamCall[status_pb2.WatchStatusRequest,
+                                     status_pb2.WatchStatusResponse]
+
+
+async def read_event(call: WatchCall) -> status_pb2.WatchStatusResponse:
+    """The next event of a watch stream (grpc-stubs types read() too loosely)."""
+    event = await call.read()
+    assert isinstance(event, status_pb2.WatchStatusResponse), "the stream ended"
+    return event
+
+
+async def read_rest(call: WatchCall) -> list[status_pb2.WatchStatusResponse]:
+    events = []
+    while isinstance(event := await call.read(), status_pb2.WatchStatusResponse):
+        events.append(event)
+    return events
