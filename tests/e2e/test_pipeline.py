@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import time
 import uuid
 from pathlib import Path
@@ -17,6 +18,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from pixpipe.bus import JOBS_STREAM, WORKERS_DURABLE, jobs_subject
+from pixpipe.client import verify
 from pixpipe.db.engine import create_engine, session_factory
 from pixpipe.db.models import ImageRecord
 from pixpipe.domain import ImageJob
@@ -30,6 +32,7 @@ from tests.support.stack import (
     upload,
     wait_until_terminal,
 )
+from tests.support.webhook_receiver import WebhookReceiver
 
 COMPLETED = status_pb2.IMAGE_STATE_COMPLETED
 FAILED = status_pb2.IMAGE_STATE_FAILED
@@ -208,3 +211,25 @@ async def test_two_workers_share_the_load_and_redelivery_duplicates_nothing(
         40, 40, 0, status.version)
     files = list((stack.settings.images_dir / answer.request_id).iterdir())
     assert len(files) == 40
+
+
+async def test_webhook_receives_the_signed_status_when_the_request_finishes(
+        stack: RunningStack, corpus_server: CorpusHttpServer, corpus_dir: Path) -> None:
+    with WebhookReceiver() as receiver:
+        async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
+            response = await client.post(
+                "/upload/", files={"file": ("products.csv",
+                                            products_csv(corpus_dir, corpus_server.port))},
+                data={"webhook_url": receiver.url("/pixpipe")})
+            assert response.status_code == 200, response.text
+            request_id = response.json()["request_id"]
+            post = await asyncio.to_thread(receiver.wait_for_success, 60.0)
+            status = (await client.get(f"/status/{request_id}")).json()
+    verify(post.headers, post.body, stack.settings.webhook_secret)
+    body = json.loads(post.body)
+    assert body["request_id"] == request_id and body["status"] == "completed"
+    assert (body["completed"], body["failed"]) == (12, 2)
+    assert post.path == "/pixpipe"
+    assert status["webhook"]["url"] == receiver.url("/pixpipe")
+    assert status["webhook"]["state"] == "delivered"
+    assert status["webhook"]["attempts"] == 1 and status["webhook"]["last_status_code"] == 200
