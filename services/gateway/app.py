@@ -5,11 +5,12 @@ from __future__ import annotations
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import grpc
 from fastapi import FastAPI, File, Form, Request, Response, UploadFile
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
@@ -21,7 +22,10 @@ from services.gateway.errors import error_response, response_for_rpc_error
 from services.gateway.sse import status_event_stream
 
 UPLOAD_CHUNK_BYTES = 256 * 1024
-_PUBLIC_PATHS = ("/healthz", "/metrics", "/docs", "/openapi.json", PROCESSED_IMAGES_ROUTE)
+STATIC_DIR = Path(__file__).with_name("static")
+# The page and its assets are public; the API calls it makes carry the token.
+_PUBLIC_PATHS = ("/healthz", "/metrics", "/docs", "/openapi.json", "/static/",
+                 PROCESSED_IMAGES_ROUTE)
 
 
 class GrpcClients:
@@ -152,6 +156,47 @@ def create_app(settings: Settings) -> FastAPI:
                                  headers={"Cache-Control": "no-cache",
                                           "X-Accel-Buffering": "no"})
 
+    @app.get("/status/{request_id}/csv", summary="The output CSV of a finished request",
+             response_class=Response,
+             responses={200: {"content": {"text/csv": {}}},
+                        409: {"description": "the request is still running"}})
+    async def output_csv(request_id: str) -> Response:
+        call = grpc_clients().status.ExportCsv(
+            status_pb2.ExportCsvRequest(request_id=request_id,
+                                        base_url=settings.public_base_url),
+            metadata=grpc_clients().metadata, timeout=120)
+        chunks: list[bytes] = []
+        try:
+            while isinstance(message := await call.read(), status_pb2.ExportCsvResponse):
+                chunks.append(message.chunk)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                # Not finished yet: a conflict with the resource's current state.
+                return error_response(error.code(), error.details() or "", http_status=409)
+            return response_for_rpc_error(error)
+        return Response(b"".join(chunks), media_type="text/csv; charset=utf-8", headers={
+            "Content-Disposition": f'attachment; filename="pixpipe-{request_id}.csv"'})
+
+    @app.get("/requests", summary="Recent requests, newest first")
+    async def recent_requests(limit: int = 20) -> Any:
+        try:
+            answer: status_pb2.ListRequestsResponse = await grpc_clients().status.ListRequests(
+                status_pb2.ListRequestsRequest(limit=max(1, min(limit, 100))),
+                metadata=grpc_clients().metadata, timeout=30)
+        except grpc.aio.AioRpcError as error:
+            return response_for_rpc_error(error)
+        summaries = []
+        for message in answer.requests:
+            data = request_to_json(message)
+            summaries.append({key: data[key] for key in (
+                "request_id", "status", "total", "completed", "failed", "created_at",
+                "completed_at", "file_name")})
+        return {"requests": summaries}
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -160,6 +205,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     settings.images_dir.mkdir(parents=True, exist_ok=True)
     app.mount(PROCESSED_IMAGES_ROUTE, StaticFiles(directory=settings.images_dir),
               name="processed_images")

@@ -33,13 +33,16 @@ HTTP_STATUS_FOR_GRPC = {
 
 
 def error_body(code: grpc.StatusCode, message: str,
-               details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return {"error": {"code": HTTP_STATUS_FOR_GRPC.get(code, 500), "status": code.name,
+               details: list[dict[str, Any]] | None = None, *,
+               http_status: int | None = None) -> dict[str, Any]:
+    status = http_status or HTTP_STATUS_FOR_GRPC.get(code, 500)
+    return {"error": {"code": status, "status": code.name,
                       "message": message, "details": [] if details is None else details}}
 
 
-def error_response(code: grpc.StatusCode, message: str) -> JSONResponse:
-    body = error_body(code, message)
+def error_response(code: grpc.StatusCode, message: str, *,
+                   http_status: int | None = None) -> JSONResponse:
+    body = error_body(code, message, http_status=http_status)
     return JSONResponse(body, status_code=body["error"]["code"])
 
 

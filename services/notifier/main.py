@@ -52,7 +52,8 @@ class Notifier:
         self.server = GrpcServer(host=settings.bind_host, port=settings.status_port,
                                  api_token=settings.api_token)
         self.server.add(status_pb2_grpc.add_StatusServiceServicer_to_server,
-                        StatusServicer(self.repository, self.hub),
+                        StatusServicer(self.repository, self.hub,
+                                       public_base_url=settings.public_base_url),
                         status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name)
         await self.server.start()
         log.info("status service listening on %s:%d", settings.bind_host, self.server.port)

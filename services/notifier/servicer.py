@@ -10,6 +10,7 @@ import grpc
 
 from pixpipe.db.repository import Repository
 from pixpipe.domain import TERMINAL_REQUEST_STATES, RequestView
+from pixpipe.output_csv import output_csv_chunks
 from pixpipe.status_messages import completion_event, request_to_proto, snapshot_event
 from pixpipe.v1 import status_pb2, status_pb2_grpc
 from services.notifier.hub import EventHub
@@ -25,9 +26,10 @@ def is_valid_request_id(request_id: str) -> bool:
 
 
 class StatusServicer(status_pb2_grpc.StatusServiceServicer):
-    def __init__(self, repository: Repository, hub: EventHub, *,
+    def __init__(self, repository: Repository, hub: EventHub, *, public_base_url: str,
                  resync_seconds: float = 2.0) -> None:
         self._repository = repository
+        self._public_base_url = public_base_url
         self._hub = hub
         self._resync_seconds = resync_seconds
 
@@ -49,6 +51,26 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
         view = await self._load(request.request_id, context,
                                 include_images=not request.summary_only)
         return status_pb2.GetStatusResponse(status=request_to_proto(view))
+
+    async def ListRequests(
+        self, request: status_pb2.ListRequestsRequest, context: StatusContext,
+    ) -> status_pb2.ListRequestsResponse:
+        limit = min(request.limit or 20, 100)
+        views = await self._repository.list_requests(limit=limit)
+        return status_pb2.ListRequestsResponse(requests=[request_to_proto(v) for v in views])
+
+    async def ExportCsv(
+        self, request: status_pb2.ExportCsvRequest, context: StatusContext,
+    ) -> AsyncIterator[status_pb2.ExportCsvResponse]:
+        view = await self._load(request.request_id, context, include_images=False)
+        if view.counters.status not in TERMINAL_REQUEST_STATES:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"request {view.request_id} is still {view.counters.status}; "
+                                "its output CSV is ready when it finishes")
+        rows = await self._repository.output_rows(view.request_id)
+        for chunk in output_csv_chunks(view.header, rows,
+                                       request.base_url or self._public_base_url):
+            yield status_pb2.ExportCsvResponse(chunk=chunk)
 
     async def WatchStatus(
         self, request: status_pb2.WatchStatusRequest, context: StatusContext,

@@ -250,6 +250,32 @@ class Repository:
                 images = [_image_view(image, name) for image, name in rows]
         return _request_view(record, images, _webhook_view(record, delivery))
 
+    async def list_requests(self, *, limit: int) -> list[RequestView]:
+        """The newest requests first, without their images."""
+        async with self._sessions() as session:
+            records = (await session.scalars(
+                select(RequestRecord).order_by(RequestRecord.created_at.desc()).limit(limit)
+            )).all()
+        return [_request_view(record, []) for record in records]
+
+    async def output_rows(self, request_id: str) -> list[tuple[list[str], list[str | None]]]:
+        """Each product's uploaded cells with its images' output paths in input order."""
+        async with self._sessions() as session:
+            products = (await session.execute(
+                select(ProductRecord.id, ProductRecord.cells)
+                .where(ProductRecord.request_id == request_id)
+                .order_by(ProductRecord.line)
+            )).all()
+            images = (await session.execute(
+                select(ImageRecord.product_id, ImageRecord.position, ImageRecord.output_path)
+                .where(ImageRecord.request_id == request_id)
+                .order_by(ImageRecord.product_id, ImageRecord.position)
+            )).all()
+        outputs: dict[int, list[str | None]] = {}
+        for product_id, _position, output_path in images:
+            outputs.setdefault(product_id, []).append(output_path)
+        return [(list(cells), outputs.get(product_id, [])) for product_id, cells in products]
+
     async def open_image_ids(self, request_id: str) -> Sequence[str]:
         async with self._sessions() as session:
             return (await session.scalars(

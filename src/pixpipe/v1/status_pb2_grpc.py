@@ -45,6 +45,16 @@ class StatusServiceStub:
                 request_serializer=pixpipe_dot_v1_dot_status__pb2.WatchStatusRequest.SerializeToString,
                 response_deserializer=pixpipe_dot_v1_dot_status__pb2.WatchStatusResponse.FromString,
                 _registered_method=True)
+        self.ListRequests = channel.unary_unary(
+                '/pixpipe.v1.StatusService/ListRequests',
+                request_serializer=pixpipe_dot_v1_dot_status__pb2.ListRequestsRequest.SerializeToString,
+                response_deserializer=pixpipe_dot_v1_dot_status__pb2.ListRequestsResponse.FromString,
+                _registered_method=True)
+        self.ExportCsv = channel.unary_stream(
+                '/pixpipe.v1.StatusService/ExportCsv',
+                request_serializer=pixpipe_dot_v1_dot_status__pb2.ExportCsvRequest.SerializeToString,
+                response_deserializer=pixpipe_dot_v1_dot_status__pb2.ExportCsvResponse.FromString,
+                _registered_method=True)
 
 
 class StatusServiceServicer:
@@ -65,6 +75,21 @@ class StatusServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRequests(self, request, context):
+        """The most recent requests, newest first, without their image lists.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportCsv(self, request, context):
+        """The output CSV: the uploaded columns plus "Output Image Urls" (absolute URLs in input
+        order, an empty slot for a failed image). FAILED_PRECONDITION until the request is done.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StatusServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +102,16 @@ def add_StatusServiceServicer_to_server(servicer, server):
                     servicer.WatchStatus,
                     request_deserializer=pixpipe_dot_v1_dot_status__pb2.WatchStatusRequest.FromString,
                     response_serializer=pixpipe_dot_v1_dot_status__pb2.WatchStatusResponse.SerializeToString,
+            ),
+            'ListRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRequests,
+                    request_deserializer=pixpipe_dot_v1_dot_status__pb2.ListRequestsRequest.FromString,
+                    response_serializer=pixpipe_dot_v1_dot_status__pb2.ListRequestsResponse.SerializeToString,
+            ),
+            'ExportCsv': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportCsv,
+                    request_deserializer=pixpipe_dot_v1_dot_status__pb2.ExportCsvRequest.FromString,
+                    response_serializer=pixpipe_dot_v1_dot_status__pb2.ExportCsvResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +169,60 @@ class StatusService:
             '/pixpipe.v1.StatusService/WatchStatus',
             pixpipe_dot_v1_dot_status__pb2.WatchStatusRequest.SerializeToString,
             pixpipe_dot_v1_dot_status__pb2.WatchStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixpipe.v1.StatusService/ListRequests',
+            pixpipe_dot_v1_dot_status__pb2.ListRequestsRequest.SerializeToString,
+            pixpipe_dot_v1_dot_status__pb2.ListRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportCsv(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pixpipe.v1.StatusService/ExportCsv',
+            pixpipe_dot_v1_dot_status__pb2.ExportCsvRequest.SerializeToString,
+            pixpipe_dot_v1_dot_status__pb2.ExportCsvResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,12 @@ class StatusServiceStub:
     """NOT_FOUND for an unknown id, INVALID_ARGUMENT for a malformed one."""
     WatchStatus: _grpc.UnaryStreamMultiCallable[_status_pb2.WatchStatusRequest, _status_pb2.WatchStatusResponse]
     """First a snapshot, then one event per change, ending after the completion event."""
+    ListRequests: _grpc.UnaryUnaryMultiCallable[_status_pb2.ListRequestsRequest, _status_pb2.ListRequestsResponse]
+    """The most recent requests, newest first, without their image lists."""
+    ExportCsv: _grpc.UnaryStreamMultiCallable[_status_pb2.ExportCsvRequest, _status_pb2.ExportCsvResponse]
+    """The output CSV: the uploaded columns plus "Output Image Urls" (absolute URLs in input
+    order, an empty slot for a failed image). FAILED_PRECONDITION until the request is done.
+    """
 
 @_typing.type_check_only
 class StatusServiceAsyncStub(StatusServiceStub):
@@ -47,6 +53,12 @@ class StatusServiceAsyncStub(StatusServiceStub):
     """NOT_FOUND for an unknown id, INVALID_ARGUMENT for a malformed one."""
     WatchStatus: _aio.UnaryStreamMultiCallable[_status_pb2.WatchStatusRequest, _status_pb2.WatchStatusResponse]  # type: ignore[assignment]
     """First a snapshot, then one event per change, ending after the completion event."""
+    ListRequests: _aio.UnaryUnaryMultiCallable[_status_pb2.ListRequestsRequest, _status_pb2.ListRequestsResponse]  # type: ignore[assignment]
+    """The most recent requests, newest first, without their image lists."""
+    ExportCsv: _aio.UnaryStreamMultiCallable[_status_pb2.ExportCsvRequest, _status_pb2.ExportCsvResponse]  # type: ignore[assignment]
+    """The output CSV: the uploaded columns plus "Output Image Urls" (absolute URLs in input
+    order, an empty slot for a failed image). FAILED_PRECONDITION until the request is done.
+    """
 
 class StatusServiceServicer(metaclass=_abc_1.ABCMeta):
     """Reports the state of requests, once or as a live stream."""
@@ -66,5 +78,23 @@ class StatusServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_status_pb2.WatchStatusResponse], _abc.AsyncIterator[_status_pb2.WatchStatusResponse]]:
         """First a snapshot, then one event per change, ending after the completion event."""
+
+    @_abc_1.abstractmethod
+    def ListRequests(
+        self,
+        request: _status_pb2.ListRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_status_pb2.ListRequestsResponse, _abc.Awaitable[_status_pb2.ListRequestsResponse]]:
+        """The most recent requests, newest first, without their image lists."""
+
+    @_abc_1.abstractmethod
+    def ExportCsv(
+        self,
+        request: _status_pb2.ExportCsvRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_status_pb2.ExportCsvResponse], _abc.AsyncIterator[_status_pb2.ExportCsvResponse]]:
+        """The output CSV: the uploaded columns plus "Output Image Urls" (absolute URLs in input
+        order, an empty slot for a failed image). FAILED_PRECONDITION until the request is done.
+        """
 
 def add_StatusServiceServicer_to_server(servicer: StatusServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
