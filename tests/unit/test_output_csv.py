@@ -9,8 +9,9 @@ from pixpipe.output_csv import output_csv_chunks
 
 
 def test_failed_images_leave_empty_slots_and_columns_pass_through() -> None:
-    rows = [(["1", "Lamp, large", "a,b,c", "red"], ["r/1.jpg", None, "r/3.jpg"]),
-            (["2", "Desk", "d", "oak"], [None])]
+    rows: list[tuple[list[str], list[str | None]]] = [
+        (["1", "Lamp, large", "a,b,c", "red"], ["r/1.jpg", None, "r/3.jpg"]),
+        (["2", "Desk", "d", "oak"], [None])]
     text = b"".join(output_csv_chunks(["S. No.", "Product Name", "Input Image Urls", "Colour"],
                                       rows, "https://cdn.example/")).decode()
     parsed = list(csv.reader(io.StringIO(text)))
