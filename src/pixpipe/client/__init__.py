@@ -1,5 +1,6 @@
-"""The Python client library: gRPC helpers for users and the webhook verifier for receivers."""
+"""The Python client library: a gRPC client for users and the webhook verifier for receivers."""
 
+from pixpipe.client.connection import PixpipeClient, ServerAddresses
 from pixpipe.webhook_signature import WebhookVerificationError, verify
 
-__all__ = ["WebhookVerificationError", "verify"]
+__all__ = ["PixpipeClient", "ServerAddresses", "WebhookVerificationError", "verify"]

@@ -1,0 +1,1 @@
+"""The ``pixpipe`` command-line client."""

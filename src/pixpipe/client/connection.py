@@ -1,0 +1,114 @@
+"""A small async client for pixpipe's gRPC services, with a watcher that resumes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import grpc
+
+from pixpipe.v1 import (
+    ingest_pb2,
+    ingest_pb2_grpc,
+    options_pb2,
+    status_pb2,
+    status_pb2_grpc,
+)
+
+UPLOAD_CHUNK_BYTES = 256 * 1024
+# Watching survives a restarting notifier: these codes mean "try again shortly".
+RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN,
+                   grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED)
+
+
+@dataclass(frozen=True)
+class ServerAddresses:
+    ingest: str = "127.0.0.1:50051"
+    status: str = "127.0.0.1:50052"
+
+
+def file_chunks(path: Path, metadata: ingest_pb2.UploadMetadata,
+                ) -> Iterator[ingest_pb2.UploadRequest]:
+    yield ingest_pb2.UploadRequest(metadata=metadata)
+    with path.open("rb") as handle:
+        while chunk := handle.read(UPLOAD_CHUNK_BYTES):
+            yield ingest_pb2.UploadRequest(chunk=chunk)
+
+
+class PixpipeClient:
+    """Channels to the ingest and status services; use ``async with``."""
+
+    def __init__(self, addresses: ServerAddresses, *, api_token: str | None = None) -> None:
+        self._ingest_channel = grpc.aio.insecure_channel(addresses.ingest)
+        self._status_channel = grpc.aio.insecure_channel(addresses.status)
+        self.ingest = ingest_pb2_grpc.IngestServiceStub(self._ingest_channel)
+        self.status = status_pb2_grpc.StatusServiceStub(self._status_channel)
+        self.metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {api_token}"),) if api_token else ())
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self._ingest_channel.close(grace=None)
+        await self._status_channel.close(grace=None)
+
+    async def upload(self, path: Path, *, webhook_url: str = "",
+                     options: options_pb2.ProcessingOptions | None = None,
+                     rpc_timeout: float = 300.0) -> ingest_pb2.UploadResponse:
+        metadata = ingest_pb2.UploadMetadata(file_name=path.name, webhook_url=webhook_url,
+                                             options=options)
+        response: ingest_pb2.UploadResponse = await self.ingest.Upload(
+            file_chunks(path, metadata), metadata=self.metadata, timeout=rpc_timeout)
+        return response
+
+    async def get_status(self, request_id: str, *, summary_only: bool = False,
+                         rpc_timeout: float = 30.0) -> status_pb2.RequestStatus:
+        response: status_pb2.GetStatusResponse = await self.status.GetStatus(
+            status_pb2.GetStatusRequest(request_id=request_id, summary_only=summary_only),
+            metadata=self.metadata, timeout=rpc_timeout)
+        return response.status
+
+    async def export_csv(self, request_id: str, *, base_url: str = "") -> AsyncIterator[bytes]:
+        call = self.status.ExportCsv(
+            status_pb2.ExportCsvRequest(request_id=request_id, base_url=base_url),
+            metadata=self.metadata, timeout=300)
+        while isinstance(message := await call.read(), status_pb2.ExportCsvResponse):
+            yield message.chunk
+
+    async def watch(self, request_id: str, *, max_retries: int = 30,
+                    retry_delay: float = 0.5,
+                    ) -> AsyncIterator[status_pb2.WatchStatusResponse]:
+        """Every event until the completion, reconnecting after a dropped stream.
+
+        A reconnect asks for the events after the last version seen, so nothing is missed and
+        nothing repeats; the server answers with a fresh snapshot when it has moved on.
+        """
+        seen = 0
+        failures = 0
+        while True:
+            call = self.status.WatchStatus(
+                status_pb2.WatchStatusRequest(request_id=request_id, after_version=seen),
+                metadata=self.metadata)
+            try:
+                while isinstance(event := await call.read(), status_pb2.WatchStatusResponse):
+                    failures = 0
+                    seen = max(seen, event.version)
+                    yield event
+                    if event.WhichOneof("event") == "completed":
+                        return
+                return  # the server ended the stream without a completion: it is gone
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RETRYABLE_CODES or failures >= max_retries:
+                    raise
+                failures += 1
+                await asyncio.sleep(min(retry_delay * failures, 5.0))
+            finally:
+                with contextlib.suppress(Exception):
+                    call.cancel()
