@@ -23,14 +23,14 @@ class Result:
     stderr: str
 
 
-async def pixpipe(stack: RunningStack | None, *args: str, timeout: float = 120) -> Result:
+async def pixpipe(stack: RunningStack | None, *args: str, limit: float = 120) -> Result:
     servers = (["--server", stack.ingest_address, "--status-server", stack.status_address]
                if stack else [])
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "pixpipe.cli.main", *servers, *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "COLUMNS": "200"})
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=timeout)
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=limit)
     assert process.returncode is not None
     return Result(process.returncode, stdout.decode(), stderr.decode())
 
@@ -97,7 +97,7 @@ async def test_unknown_request_and_bad_input_exit_2_with_one_line(
 async def test_server_down_exits_2(tmp_path: Path) -> None:
     port = free_port()
     result = await pixpipe(None, "--server", f"127.0.0.1:{port}", "--status-server",
-                           f"127.0.0.1:{port}", "status", str(uuid.uuid4()), timeout=60)
+                           f"127.0.0.1:{port}", "status", str(uuid.uuid4()), limit=60)
     assert result.code == 2
     assert "cannot reach pixpipe" in result.stderr
     assert "Traceback" not in result.stderr
