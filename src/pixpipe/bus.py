@@ -67,8 +67,19 @@ class Bus:
         bus = cls(client=client,
                   js=client.jetstream(timeout=settings.nats_request_timeout_seconds),
                   settings=settings)
-        await bus.ensure_streams()
-        return bus
+        # A fresh cluster elects its JetStream leader a few seconds after it accepts
+        # connections; a service started alongside it waits rather than crashes.
+        deadline = asyncio.get_running_loop().time() + settings.nats_startup_wait_seconds
+        while True:
+            try:
+                await bus.ensure_streams()
+                return bus
+            except Exception as error:
+                if asyncio.get_running_loop().time() > deadline:
+                    await bus.close()
+                    raise
+                log.info("JetStream not ready yet (%s); retrying", type(error).__name__)
+                await asyncio.sleep(1.0)
 
     async def close(self) -> None:
         if self.client.is_closed:

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
                                        "service for the gateway; default: bind_host:status_port")
     api_token: str | None = None
     embedded_nats_port: int = 4222
+    nats_startup_wait_seconds: float = Field(default=60.0, ge=0, description="How long a "
+                                             "starting service waits for JetStream.")
     nats_request_timeout_seconds: float = Field(default=10.0, gt=0, description="How long a "
                                                 "JetStream publish or API call may wait.")
 

@@ -26,6 +26,8 @@ class Stack:
     log_dir: Path | None = None
     environment: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _modules: dict[str, str] = field(default_factory=dict)
+    _env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
         settings = self.settings
@@ -39,6 +41,7 @@ class Stack:
             env["PIXPIPE_NATS_URL"] = f"nats://127.0.0.1:{settings.embedded_nats_port}"
         upgrade(settings.resolved_database_url)
         env["PIXPIPE_DATABASE_URL"] = settings.resolved_database_url
+        self._env = env
         try:
             self._spawn("ingest", "services.ingest.main", env)
             self._spawn("notifier", "services.notifier.main", env)
@@ -58,6 +61,7 @@ class Stack:
         return self.log_dir / f"{name}.log"
 
     def _spawn(self, name: str, module: str, env: dict[str, str]) -> None:
+        self._modules[name] = module
         log_path = self._log_path(name)
         output = open(log_path, "ab") if log_path else None  # noqa: SIM115
         # A session of its own: Ctrl-C reaches only the stack, which stops the services in
@@ -78,6 +82,24 @@ class Stack:
             except TimeoutError:
                 if time.monotonic() > deadline:
                     raise
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one process, as a crash would."""
+        process = self.processes[name]
+        process.kill()
+        process.wait()
+
+    def restart(self, name: str) -> None:
+        """Start a stopped or killed service again with the same settings."""
+        if self.processes[name].poll() is None:
+            self.processes[name].terminate()
+            self.processes[name].wait(timeout=30)
+        if name == "nats":
+            self.processes[name] = start_nats_server(
+                port=self.settings.embedded_nats_port,
+                store_dir=self.settings.data_dir / "jetstream", log_file=self._log_path(name))
+            return
+        self._spawn(name, self._modules[name], self._env)
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM every service (NATS last), then wait; kill what does not stop in time."""
