@@ -26,7 +26,9 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
-from bench.corpus import corpus_dir, cycle, load_photos, products_csv, serving
+from bench.corpus import Photo, corpus_dir, cycle, load_photos, products_csv, serving
+from bench.profiled_worker import EXPERIMENTS, EXPERIMENTS_VARIABLE
+from bench.stages import ProfiledStack, print_stages
 from pixpipe.codec import TransformOptions, transform_image
 from pixpipe.embedded_nats import free_port
 from pixpipe.settings import Settings
@@ -79,9 +81,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=32,
                         help="images of an unmeasured request first, so the workers' "
                              "codec processes are started (default 32; 0 skips it)")
+    parser.add_argument("--profile", action="store_true",
+                        help="run workers that time each stage of a job and print where the "
+                             "time goes (bench/profiled_worker.py); costs a little throughput")
+    parser.add_argument("--experiment", action="append", default=[],
+                        choices=sorted(EXPERIMENTS),
+                        help="with --profile: a candidate fix the profiled workers apply "
+                             "(repeatable; see bench/profiled_worker.py)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the data directory (logs, database, outputs)")
     args = parser.parse_args(argv)
+    if args.experiment and not args.profile:
+        parser.error("--experiment needs --profile")
     if args.images < 1 or args.repeat < 1 or args.workers < 1 or args.warmup < 0:
         parser.error("--images, --repeat and --workers must be positive, --warmup >= 0")
     return args
@@ -211,6 +222,42 @@ def _check_alive(stack: Stack) -> None:
             raise BenchError(f"{name} exited with code {process.returncode}")
 
 
+def measure_pipeline(settings: Settings, environment: dict[str, str], log_dir: Path,
+                     base_url: str, photos: list[Photo],
+                     args: argparse.Namespace) -> list[PipelineRun]:
+    """Start the stack, warm it up, then time ``args.repeat`` requests of ``args.images``."""
+    profiled: ProfiledStack | None = None
+    if args.profile:
+        experiments = {EXPERIMENTS_VARIABLE: ",".join(args.experiment)}
+        profiled = ProfiledStack(settings=settings, workers=args.workers, log_dir=log_dir,
+                                 environment={**environment, **experiments},
+                                 profile_dir=log_dir / "profile")
+    stack = profiled or Stack(settings=settings, workers=args.workers, log_dir=log_dir,
+                              environment=environment)
+    stack.start()
+    client = StackClient(settings)
+    try:
+        if args.warmup:
+            run_request(client, stack, products_csv(base_url, photos, args.warmup),
+                        args.warmup, "warm-up")
+        if profiled:
+            profiled.collect()  # drop the warm-up's timings
+        runs = []
+        label = f"pixpipe end to end ({args.workers} workers)"
+        for index in range(args.repeat):
+            run = run_request(client, stack, products_csv(base_url, photos, args.images),
+                              args.images, label)
+            console.print(f"pipeline run {index + 1}: {run.rate.per_second:.1f} images/s")
+            runs.append(run)
+        if profiled:
+            print_stages(console, profiled.collect(),
+                         sum(run.rate.seconds for run in runs), args.workers)
+        return runs
+    finally:
+        client.close()
+        stack.stop()
+
+
 # --- report ---------------------------------------------------------------------------------
 
 def report(raw: list[Rate], runs: list[PipelineRun], workers: int) -> float:
@@ -225,9 +272,9 @@ def report(raw: list[Rate], runs: list[PipelineRun], workers: int) -> float:
     console.print(table)
     for index, run in enumerate(runs, start=1):
         console.print(
-            f"  run {index}: upload RPC (parse, record, queue) {run.upload_seconds:.2f} s; "
-            f"first image done at {run.first_done_seconds:.2f} s; "
-            f"server created→completed {run.server_seconds:.2f} s; "
+            f"run {index}: upload RPC (parse, record, queue) {run.upload_seconds:.2f} s, "
+            f"first image done at {run.first_done_seconds:.2f} s,\n"
+            f"       server created→completed {run.server_seconds:.2f} s, "
             f"{run.bytes_in / 1e6:.1f} MB in → {run.bytes_out / 1e6:.1f} MB out")
     raw_rate = statistics.median(rate.per_second for rate in raw)
     pipeline_rate = statistics.median(run.rate.per_second for run in runs)
@@ -263,25 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                           processes, args.repeat)
         console.print(f"raw Pillow: {', '.join(f'{r.per_second:.1f}' for r in raw)} images/s")
         with serving(photos) as base_url:
-            stack = Stack(settings=settings, workers=args.workers, log_dir=log_dir,
-                          environment=environment)
-            stack.start()
-            client = StackClient(settings)
-            try:
-                if args.warmup:
-                    run_request(client, stack, products_csv(base_url, photos, args.warmup),
-                                args.warmup, "warm-up")
-                runs = []
-                for index in range(args.repeat):
-                    label = f"pixpipe end to end ({args.workers} workers)"
-                    run = run_request(client, stack, products_csv(base_url, photos, args.images),
-                                      args.images, label)
-                    console.print(f"pipeline run {index + 1}: "
-                                  f"{run.rate.per_second:.1f} images/s")
-                    runs.append(run)
-            finally:
-                client.close()
-                stack.stop()
+            runs = measure_pipeline(settings, environment, log_dir, base_url, photos, args)
         report(raw, runs, args.workers)
         failed = False
         return 0

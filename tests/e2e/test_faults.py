@@ -119,7 +119,7 @@ async def test_embedded_nats_restarted_mid_batch(tmp_path, database_url, corpus_
 @pytest.mark.skipif(postgres_binaries() is None, reason="PostgreSQL (initdb) not installed")
 async def test_postgres_restarted_mid_batch(tmp_path, nats_server: NatsServer, corpus_server,
                                             receiver, chaos_report) -> None:
-    with throwaway_postgres() as postgres:  # noqa: SIM117 - a sync and an async manager
+    with throwaway_postgres() as postgres:
         async with fault_stack(tmp_path, database_url=postgres.url,
                                nats_url=nats_server.url) as stack:
             async def inject(_request_id: str) -> None:
