@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test unit integration e2e lint typecheck check protos check-protos bench clean venv
+WORKERS ?= 3
+
+.PHONY: cluster chaos run test unit integration e2e lint typecheck check protos check-protos bench clean venv
 
 venv: $(STAMP)
 
@@ -18,6 +20,14 @@ $(STAMP): pyproject.toml
 ## Start the whole stack (embedded NATS + SQLite unless PIXPIPE_* say otherwise).
 run: $(STAMP)
 	$(BIN)/pixpipe-stack
+
+## A three-node NATS JetStream cluster (R3 streams), PostgreSQL and $(WORKERS) workers.
+cluster: $(STAMP)
+	$(BIN)/pixpipe-cluster --workers $(WORKERS)
+
+## The fault runs (workers, NATS nodes, PostgreSQL, notifier killed mid-batch) with a summary.
+chaos: $(STAMP)
+	$(BIN)/pytest tests/e2e/test_faults.py -q $(PYTEST_ARGS)
 
 ## Run the test suite (unit, integration against real NATS and databases, end to end).
 test: $(STAMP)

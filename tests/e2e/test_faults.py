@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from pixpipe.dev.local_postgres import postgres_binaries, throwaway_postgres
+from pixpipe.dev.nats_cluster import nats_cluster
 from pixpipe.embedded_nats import free_port
 from pixpipe.v1 import status_pb2
 from tests.support.faults import (
@@ -27,9 +29,7 @@ from tests.support.faults import (
     wait_for_progress,
 )
 from tests.support.infrastructure import NatsServer
-from tests.support.nats_cluster import nats_cluster
 from tests.support.stack import RunningStack, running_stack, stack_settings
-from tests.support.throwaway_postgres import postgres_binaries, throwaway_postgres
 from tests.support.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""A PostgreSQL cluster of the test's own (initdb + pg_ctl), for tests that restart it."""
+"""A PostgreSQL cluster of our own (initdb + pg_ctl): for `make cluster` and fault tests."""
 
 from __future__ import annotations
 
@@ -38,7 +38,10 @@ class ThrowawayPostgres:
         # PostgreSQL refuses to run as root; CI and developers' machines here are root.
         if os.geteuid() == 0:
             command = ["runuser", "-u", "postgres", "--", *command]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        finished = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True)
+        if finished.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed: {finished.stderr.strip()}")
 
     def start(self) -> None:
         self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.data_dir / "server.log"),
@@ -56,11 +59,15 @@ class ThrowawayPostgres:
 
 
 @contextmanager
-def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
+def throwaway_postgres(root: Path | None = None, *, keep: bool = False,
+                       ) -> Iterator[ThrowawayPostgres]:
+    """initdb a new cluster under ``root`` (a temporary directory by default), start it,
+    create database ``pixpipe``; stop it afterwards and, unless ``keep``, delete it."""
     bin_dir = postgres_binaries()
     if bin_dir is None:
         raise FileNotFoundError("PostgreSQL (initdb, pg_ctl) is not installed")
-    root = Path(tempfile.mkdtemp(prefix="pixpipe-pg-"))
+    root = root or Path(tempfile.mkdtemp(prefix="pixpipe-pg-"))
+    root.mkdir(parents=True, exist_ok=True)
     data_dir = root / "data"
     data_dir.mkdir()
     if os.geteuid() == 0:
@@ -76,6 +83,7 @@ def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
         yield server
     finally:
         try:
-            server.stop("immediate")
+            server.stop("fast" if keep else "immediate")
         finally:
-            shutil.rmtree(root, ignore_errors=True)
+            if not keep:
+                shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Local infrastructure for development, ``make cluster`` and the test suite."""
