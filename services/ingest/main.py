@@ -30,7 +30,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     try:
         await stop.wait()
     finally:
-        await server.stop()
+        await server.stop(settings.shutdown_grace_seconds,
+                          drain_seconds=settings.grpc_drain_seconds)
         await bus.close()
         await engine.dispose()
 

@@ -61,7 +61,7 @@ class Notifier:
     async def stop(self, grace: float = 5.0) -> None:
         self._stop.set()
         if self.server is not None:
-            await self.server.stop(grace)
+            await self.server.stop(grace, drain_seconds=self.settings.grpc_drain_seconds)
         if self._deliveries is not None:
             await self._deliveries
         await self._sender.aclose()
@@ -78,7 +78,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     try:
         await stop.wait()
     finally:
-        await notifier.stop()
+        await notifier.stop(settings.shutdown_grace_seconds)
 
 
 def main() -> None:

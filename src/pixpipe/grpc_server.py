@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -79,7 +80,10 @@ class GrpcServer:
         for name in ("", *self._service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Report NOT_SERVING first so balancers drain, then finish in-flight calls."""
+    async def stop(self, grace: float = 5.0, *, drain_seconds: float = 0.0) -> None:
+        """Report NOT_SERVING first so balancers stop sending calls, keep serving for
+        ``drain_seconds`` while they notice, then finish the calls in flight."""
         await self.health.enter_graceful_shutdown()
+        if drain_seconds > 0:
+            await asyncio.sleep(drain_seconds)
         await self.server.stop(grace)

@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     job_retry_backoff_seconds: Schedule = Field(default=[1.0, 5.0, 15.0, 30.0])
     stream_replicas: int = Field(default=1, ge=1, le=5)
     shutdown_grace_seconds: float = 20.0
+    grpc_drain_seconds: float = Field(default=2.0, ge=0, description="How long a stopping "
+                                      "gRPC server reports NOT_SERVING before it stops.")
 
     # Webhooks.
     webhook_secret: str = "whsec_cGl4cGlwZS1kZXZlbG9wbWVudC1zZWNyZXQ="

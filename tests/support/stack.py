@@ -58,6 +58,7 @@ def stack_settings(data_dir: Path, *, database_url: str, nats_url: str,
         "PIXPIPE_JOB_ACK_WAIT_SECONDS": "10",
         "PIXPIPE_JOB_RETRY_BACKOFF_SECONDS": "[0.2, 0.5, 1]",
         "PIXPIPE_SHUTDOWN_GRACE_SECONDS": "5",
+        "PIXPIPE_GRPC_DRAIN_SECONDS": "0.2",
         "PIXPIPE_LOG_LEVEL": "INFO",
         **overrides,
     }
