@@ -9,6 +9,7 @@ from pixpipe.bus import Bus
 from pixpipe.db.engine import engine_from_settings, session_factory
 from pixpipe.db.repository import Repository
 from pixpipe.grpc_server import GrpcServer
+from pixpipe.metrics import IngestMetrics, serve_metrics
 from pixpipe.runtime import configure_logging, run_until_signalled
 from pixpipe.settings import Settings
 from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc
@@ -20,10 +21,12 @@ log = logging.getLogger(__name__)
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     engine = engine_from_settings(settings)
     bus = await Bus.connect(settings, name="pixpipe-ingest")
+    metrics = IngestMetrics()
+    serve_metrics(metrics.registry, settings.bind_host, settings.metrics_port)
     server = GrpcServer(host=settings.bind_host, port=settings.ingest_port,
                         api_token=settings.api_token)
     server.add(ingest_pb2_grpc.add_IngestServiceServicer_to_server,
-               IngestServicer(settings, Repository(session_factory(engine)), bus),
+               IngestServicer(settings, Repository(session_factory(engine)), bus, metrics),
                ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name)
     await server.start()
     log.info("ingest listening on %s:%d", settings.bind_host, server.port)

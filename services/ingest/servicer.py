@@ -7,7 +7,6 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
-from pixpipe.net_policy import check_url_syntax
 from pydantic import ValidationError
 
 from pixpipe.bus import Bus
@@ -16,6 +15,8 @@ from pixpipe.db.repository import Repository
 from pixpipe.domain import RequestOptions
 from pixpipe.errors import CsvFault, CsvValidationError, InvalidOptionError
 from pixpipe.grpc_errors import abort_with_status, status_for_csv_error, status_for_option_error
+from pixpipe.metrics import IngestMetrics
+from pixpipe.net_policy import check_url_syntax
 from pixpipe.settings import Settings
 from pixpipe.status_messages import options_from_proto
 from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc
@@ -26,7 +27,9 @@ UPLOAD_ACCEPTED = "File uploaded successfully"
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    def __init__(self, settings: Settings, repository: Repository, bus: Bus) -> None:
+    def __init__(self, settings: Settings, repository: Repository, bus: Bus,
+                 metrics: IngestMetrics | None = None) -> None:
+        self._metrics = metrics or IngestMetrics()
         self._settings = settings
         self._repository = repository
         self._bus = bus
@@ -46,8 +49,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 max_images=settings.max_images_per_request,
                 max_url_length=settings.max_url_length)
         except CsvValidationError as error:
+            self._metrics.uploads.labels("refused").inc()
             await abort_with_status(context, status_for_csv_error(error))
         except InvalidOptionError as error:
+            self._metrics.uploads.labels("refused").inc()
             await abort_with_status(context, status_for_option_error(error))
         del data  # the parsed rows are all we keep; free the raw upload early
 
@@ -58,10 +63,13 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             await self._bus.publish_jobs(jobs)
         except Exception:
             log.exception("queueing request %s failed; failing its images", request_id)
+            self._metrics.uploads.labels("unqueued").inc()
             await self._repository.fail_unqueued_request(
                 request_id, "could not be queued: message broker unavailable")
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 "the job queue is unavailable; nothing was queued, try again")
+        self._metrics.uploads.labels("accepted").inc()
+        self._metrics.images_queued.inc(len(jobs))
         log.info("accepted request %s: %d products, %d images", request_id,
                  len(parsed.rows), len(jobs))
         return ingest_pb2.UploadResponse(request_id=request_id, image_count=len(jobs),

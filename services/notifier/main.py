@@ -10,9 +10,11 @@ from pixpipe.db.engine import engine_from_settings, session_factory
 from pixpipe.db.repository import Repository
 from pixpipe.db.webhooks import WebhookRepository
 from pixpipe.grpc_server import GrpcServer
+from pixpipe.metrics import NotifierMetrics, serve_metrics
 from pixpipe.runtime import configure_logging, run_until_signalled
 from pixpipe.settings import Settings
 from pixpipe.v1 import status_pb2, status_pb2_grpc
+from services.notifier.gauges import keep_gauges_current
 from services.notifier.hub import EventHub
 from services.notifier.servicer import StatusServicer
 from services.notifier.webhooks import WebhookDispatcher, WebhookSender
@@ -30,8 +32,10 @@ class Notifier:
         self.repository = Repository(sessions)
         self.webhooks = WebhookRepository(sessions)
         self._sender = WebhookSender(settings)
+        self.metrics = NotifierMetrics()
         self.dispatcher = WebhookDispatcher(settings, self.repository, self.webhooks,
-                                            self._sender)
+                                            self._sender, self.metrics)
+        self._gauges: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._deliveries: asyncio.Task[None] | None = None
         self.hub: EventHub | None = None
@@ -49,6 +53,9 @@ class Notifier:
         self.hub = EventHub(self._bus, on_completion=self.dispatcher.wake)
         await self.hub.start()
         self._deliveries = asyncio.create_task(self.dispatcher.run(self._stop))
+        self._gauges = asyncio.create_task(keep_gauges_current(
+            self.metrics, self._bus, self.webhooks, self.hub, self._stop))
+        serve_metrics(self.metrics.registry, settings.bind_host, settings.metrics_port)
         self.server = GrpcServer(host=settings.bind_host, port=settings.status_port,
                                  api_token=settings.api_token)
         self.server.add(status_pb2_grpc.add_StatusServiceServicer_to_server,
@@ -64,6 +71,8 @@ class Notifier:
             await self.server.stop(grace, drain_seconds=self.settings.grpc_drain_seconds)
         if self._deliveries is not None:
             await self._deliveries
+        if self._gauges is not None:
+            await self._gauges
         await self._sender.aclose()
         if self.hub is not None:
             await self.hub.stop()

@@ -17,6 +17,7 @@ import httpx
 
 from pixpipe.db.repository import Repository
 from pixpipe.db.webhooks import AttemptResult, LeasedDelivery, WebhookRepository
+from pixpipe.metrics import NotifierMetrics
 from pixpipe.net_policy import AddressNotAllowed
 from pixpipe.retry import retry_delay
 from pixpipe.safe_transport import guarded_transport
@@ -93,7 +94,9 @@ class WebhookDispatcher:
     """Finds due deliveries in the database and sends them; any number may run at once."""
 
     def __init__(self, settings: Settings, repository: Repository,
-                 webhooks: WebhookRepository, sender: WebhookSender) -> None:
+                 webhooks: WebhookRepository, sender: WebhookSender,
+                 metrics: NotifierMetrics | None = None) -> None:
+        self._metrics = metrics or NotifierMetrics()
         self._settings = settings
         self._repository = repository
         self._webhooks = webhooks
@@ -145,6 +148,9 @@ class WebhookDispatcher:
             retry_at = None
             if not result.succeeded and retryable:
                 retry_at = self._retry_at(leased.attempts + 1, retry_after)
+            outcome = ("delivered" if result.succeeded else
+                       "retrying" if retry_at is not None else "gave up")
+            self._metrics.webhook_attempts.labels(outcome).inc()
             recorded = await self._webhooks.record_attempt(
                 leased.id, owner=self._owner, result=result, retry_at=retry_at)
             log.info("webhook %s attempt %d: %s%s", leased.id, leased.attempts + 1,

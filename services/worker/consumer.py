@@ -15,8 +15,9 @@ from pydantic import ValidationError
 
 from pixpipe.bus import JOBS_STREAM, MAX_DELIVERIES_ADVISORY, WORKERS_DURABLE, Bus
 from pixpipe.db.repository import Repository
-from pixpipe.domain import ImageFailure, ImageJob
+from pixpipe.domain import ImageFailure, ImageJob, ImageOutcome
 from pixpipe.events import EventPublisher
+from pixpipe.metrics import WorkerMetrics
 from pixpipe.retry import retry_delay
 from pixpipe.settings import Settings
 from services.worker.processor import ImageProcessor, TransientFailure
@@ -28,7 +29,9 @@ _FETCH_WAIT_SECONDS = 1.0
 
 class JobConsumer:
     def __init__(self, settings: Settings, bus: Bus, repository: Repository,
-                 processor: ImageProcessor, events: EventPublisher) -> None:
+                 processor: ImageProcessor, events: EventPublisher,
+                 metrics: WorkerMetrics | None = None) -> None:
+        self._metrics = metrics or WorkerMetrics()
         self._settings = settings
         self._bus = bus
         self._repository = repository
@@ -92,8 +95,10 @@ class JobConsumer:
             await message.term()
             return
         heartbeat = asyncio.create_task(self._keep_alive(message))
+        self._metrics.in_flight.inc()
         try:
-            await self._settle(job, message)
+            with self._metrics.seconds.time():
+                await self._settle(job, message)
         except asyncio.CancelledError:
             # Shutting down mid-job: hand it back at once rather than wait for the ack timeout.
             with contextlib.suppress(Exception):
@@ -106,6 +111,7 @@ class JobConsumer:
                 await message.nak(delay=self._delay(message))
         finally:
             heartbeat.cancel()
+            self._metrics.in_flight.dec()
 
     async def _settle(self, job: ImageJob, message: Msg) -> None:
         started = await self._repository.start_image(job.image_id, worker=self._name)
@@ -119,14 +125,23 @@ class JobConsumer:
         except TransientFailure as failure:
             deliveries = message.metadata.num_delivered
             if deliveries < self._settings.job_max_deliver:
+                self._metrics.retries.inc()
                 await self._repository.note_retry(job.image_id, failure.reason)
                 await message.nak(delay=self._delay(message))
                 return
             outcome = ImageFailure(reason=failure.reason)
         finished = await self._repository.finish_image(job.image_id, outcome)
         if finished is not None:
+            self._count(outcome)
             await self._events.image_changed(finished)
         await message.ack()
+
+    def _count(self, outcome: ImageOutcome) -> None:
+        if isinstance(outcome, ImageFailure):
+            self._metrics.images.labels("failed").inc()
+            self._metrics.failures.labels(outcome.reason).inc()
+        else:
+            self._metrics.images.labels("completed").inc()
 
     def _delay(self, message: Msg) -> float:
         return retry_delay(self._settings.job_retry_backoff_seconds,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from pixpipe.fetcher import SafeFetcher
-
 from pixpipe.bus import Bus
 from pixpipe.db.engine import engine_from_settings, session_factory
 from pixpipe.db.repository import Repository
 from pixpipe.events import EventPublisher
+from pixpipe.fetcher import SafeFetcher
+from pixpipe.metrics import WorkerMetrics, serve_metrics
 from pixpipe.runtime import configure_logging, run_until_signalled
 from pixpipe.settings import Settings
 from pixpipe.storage import ImageStore
@@ -27,8 +27,10 @@ async def work(settings: Settings, stop: asyncio.Event) -> None:
     codec = CodecPool(settings.codec_processes)
     fetcher = SafeFetcher.from_settings(settings)
     processor = ImageProcessor(settings, fetcher, codec, ImageStore(settings.images_dir))
+    metrics = WorkerMetrics()
+    serve_metrics(metrics.registry, settings.bind_host, settings.metrics_port)
     consumer = JobConsumer(settings, bus, repository, processor,
-                           EventPublisher(bus, repository))
+                           EventPublisher(bus, repository), metrics)
     log.info("worker started: %d jobs at once", settings.worker_concurrency)
     try:
         await consumer.run(stop)

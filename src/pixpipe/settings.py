@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     status_address: str | None = Field(default=None, description="host:port of the status "
                                        "service for the gateway; default: bind_host:status_port")
     api_token: str | None = None
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Port of this "
+                              "process's Prometheus /metrics; 0 turns it off.")
     embedded_nats_port: int = 4222
     nats_startup_wait_seconds: float = Field(default=60.0, ge=0, description="How long a "
                                              "starting service waits for JetStream.")

@@ -62,6 +62,10 @@ class Stack:
 
     def _spawn(self, name: str, module: str, env: dict[str, str]) -> None:
         self._modules[name] = module
+        if self.settings.metrics_port and name != "gateway":
+            # One host, several processes: each gets the next port after the configured one.
+            offset = list(self._modules).index(name)
+            env = {**env, "PIXPIPE_METRICS_PORT": str(self.settings.metrics_port + offset)}
         log_path = self._log_path(name)
         output = open(log_path, "ab") if log_path else None  # noqa: SIM115
         # A session of its own: Ctrl-C reaches only the stack, which stops the services in

@@ -82,7 +82,7 @@ async def test_postman_collection_passes_against_the_stack(
             "--working-dir", str(tmp_path), "--no-insecure-file-read",
             "--timeout", str((NEWMAN_SECONDS - 10) * 1000), "--timeout-request", "30000",
             "--reporters", "cli,json", "--reporter-json-export", str(report_path),
-            "--color", "off", "--disable-unicode",
+            "--color", "off",
             timeout=NEWMAN_SECONDS)
         assert code == 0, f"newman failed ({code}):\n{output}\n{stack.logs()}"
         post = await asyncio.to_thread(receiver.wait_for_success, 30.0)

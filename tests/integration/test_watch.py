@@ -95,3 +95,24 @@ async def test_a_watcher_receives_each_committed_change(
         range(snapshot.version + 1, snapshot.version + 5))
     assert rest[-1].completed.completed == 2
     await wait_for_watchers(notifier, 0)
+
+
+async def test_notifier_gauges_follow_queue_backlog_and_watchers(
+        notifier: Notifier, repository: Repository, bus: Bus) -> None:
+    from services.notifier.gauges import refresh_gauges
+
+    request_id, _jobs = await repository.create_request(
+        parse_products_csv(CSV), options=RequestOptions(), webhook_url=None, file_name="g.csv")
+    assert notifier.hub is not None
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{notifier.port}") as channel:
+        call = status_pb2_grpc.StatusServiceStub(channel).WatchStatus(
+            status_pb2.WatchStatusRequest(request_id=request_id), timeout=30)
+        await read_event(call)
+        await wait_for_watchers(notifier, 1)
+        await refresh_gauges(notifier.metrics, bus, notifier.webhooks, notifier.hub)
+        assert notifier.metrics.watchers._value.get() == 1
+        call.cancel()
+    await wait_for_watchers(notifier, 0)
+    await refresh_gauges(notifier.metrics, bus, notifier.webhooks, notifier.hub)
+    assert notifier.metrics.watchers._value.get() == 0
+    assert notifier.metrics.webhook_backlog._value.get() >= 0

@@ -171,3 +171,22 @@ async def test_a_worker_killed_on_the_last_delivery_still_fails_the_image(
     assert image.status == ImageState.FAILED
     assert image.error == "gave up after 1 attempts"
     assert view.counters.status == RequestState.FAILED
+
+
+async def test_worker_metrics_count_outcomes_and_failure_reasons(
+        make_settings: Callable[..., Settings], repository: Repository, bus: Bus,
+        http_server: CorpusHttpServer) -> None:
+    import httpx
+
+    from pixpipe.embedded_nats import free_port
+
+    port = free_port()
+    async with running_worker(make_settings(metrics_port=port)):
+        request_id = await submit(repository, bus, [
+            http_server.url("/photos/rocket.jpg"), http_server.url("/missing.jpg")])
+        await wait_terminal(repository, request_id)
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    assert 'pixpipe_images_total{outcome="completed"} 1.0' in text
+    assert 'pixpipe_image_failures_total{reason="HTTP 404 from source"} 1.0' in text
+    assert "pixpipe_jobs_in_flight 0.0" in text

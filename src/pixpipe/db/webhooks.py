@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixpipe.db.models import WebhookAttempt, WebhookDelivery
@@ -50,6 +50,12 @@ class WebhookRepository:
                 .order_by(WebhookDelivery.next_attempt_at)
                 .limit(limit)
             )).all()
+
+    async def backlog(self) -> int:
+        async with self._sessions() as session:
+            return int(await session.scalar(
+                select(func.count()).select_from(WebhookDelivery)
+                .where(WebhookDelivery.state == "pending")) or 0)
 
     async def next_due_at(self) -> datetime | None:
         async with self._sessions() as session:

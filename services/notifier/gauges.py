@@ -1,0 +1,36 @@
+"""Keeps the notifier's gauges current: queue depth, webhook backlog, watchers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from pixpipe.bus import JOBS_STREAM, WORKERS_DURABLE, Bus
+from pixpipe.db.webhooks import WebhookRepository
+from pixpipe.metrics import NotifierMetrics
+from services.notifier.hub import EventHub
+
+log = logging.getLogger(__name__)
+
+
+async def refresh_gauges(metrics: NotifierMetrics, bus: Bus, webhooks: WebhookRepository,
+                         hub: EventHub) -> None:
+    metrics.watchers.set(hub.watcher_count)
+    metrics.webhook_backlog.set(await webhooks.backlog())
+    with contextlib.suppress(Exception):  # no consumer yet: no worker has started
+        info = await bus.js.consumer_info(JOBS_STREAM, WORKERS_DURABLE)
+        metrics.queue_depth.set(info.num_pending or 0)
+        metrics.jobs_unacknowledged.set(info.num_ack_pending or 0)
+
+
+async def keep_gauges_current(metrics: NotifierMetrics, bus: Bus, webhooks: WebhookRepository,
+                              hub: EventHub, stop: asyncio.Event, *,
+                              interval: float = 5.0) -> None:
+    while not stop.is_set():
+        try:
+            await refresh_gauges(metrics, bus, webhooks, hub)
+        except Exception:
+            log.debug("refreshing gauges failed", exc_info=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
