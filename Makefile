@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 WORKERS ?= 3
 
-.PHONY: cluster chaos run test unit integration e2e lint typecheck check protos check-protos bench clean venv
+.PHONY: postman cluster chaos run test unit integration e2e lint typecheck check protos check-protos bench clean venv
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ cluster: $(STAMP)
 ## The fault runs (workers, NATS nodes, PostgreSQL, notifier killed mid-batch) with a summary.
 chaos: $(STAMP)
 	$(BIN)/pytest tests/e2e/test_faults.py -q $(PYTEST_ARGS)
+
+## The Postman collection against a running stack (make run), with newman.
+postman:
+	"$$(./scripts/install_newman.sh)" run postman_collection.json --env-var baseUrl=$(or $(BASE_URL),http://127.0.0.1:8000) $(NEWMAN_ARGS)
 
 ## Run the test suite (unit, integration against real NATS and databases, end to end).
 test: $(STAMP)
@@ -63,4 +67,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.pipeline
 
 clean:
-	rm -rf $(VENV) pixpipe-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) pixpipe-data .tools .pytest_cache .mypy_cache .ruff_cache
