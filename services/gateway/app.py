@@ -10,15 +10,24 @@ from typing import Annotated, Any
 
 import grpc
 from fastapi import FastAPI, File, Form, Request, Response, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pixpipe.domain import OutputFormat
 from pixpipe.settings import Settings
 from pixpipe.status_messages import FORMATS_TO_PROTO, PROCESSED_IMAGES_ROUTE, request_to_json
 from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc, options_pb2, status_pb2, status_pb2_grpc
-from services.gateway.errors import error_response, response_for_rpc_error
+from services.gateway import examples
+from services.gateway.errors import (
+    GRPC_CODE_FOR_HTTP,
+    error_body,
+    error_response,
+    response_for_rpc_error,
+)
 from services.gateway.sse import status_event_stream
 
 UPLOAD_CHUNK_BYTES = 256 * 1024
@@ -108,7 +117,8 @@ def create_app(settings: Settings) -> FastAPI:
                              str(response.status_code)).inc()
         return response
 
-    @app.post("/upload/", summary="Upload a CSV of products and image URLs")
+    @app.post("/upload/", summary="Upload a CSV of products and image URLs",
+              responses=examples.UPLOAD_RESPONSES)
     async def upload(
         file: Annotated[UploadFile, File(description="CSV: S. No., Product Name, "
                                                      "Input Image Urls")],
@@ -130,7 +140,8 @@ def create_app(settings: Settings) -> FastAPI:
         return {"request_id": answer.request_id, "message": answer.message,
                 "image_count": answer.image_count}
 
-    @app.get("/status/{request_id}", summary="The status of a request and its images")
+    @app.get("/status/{request_id}", summary="The status of a request and its images",
+             responses=examples.STATUS_RESPONSES)
     async def status(request_id: str) -> Any:
         try:
             answer: status_pb2.GetStatusResponse = await grpc_clients().status.GetStatus(
@@ -140,7 +151,8 @@ def create_app(settings: Settings) -> FastAPI:
             return response_for_rpc_error(error)
         return request_to_json(answer.status)
 
-    @app.get("/status/{request_id}/events", summary="Server-Sent Events of a request")
+    @app.get("/status/{request_id}/events", summary="Server-Sent Events of a request",
+             response_class=StreamingResponse, responses=examples.EVENTS_RESPONSES)
     async def events(request_id: str, request: Request) -> Response:
         last_event_id = request.headers.get("last-event-id", "")
         after = int(last_event_id) if last_event_id.isdigit() else 0
@@ -157,9 +169,7 @@ def create_app(settings: Settings) -> FastAPI:
                                           "X-Accel-Buffering": "no"})
 
     @app.get("/status/{request_id}/csv", summary="The output CSV of a finished request",
-             response_class=Response,
-             responses={200: {"content": {"text/csv": {}}},
-                        409: {"description": "the request is still running"}})
+             response_class=Response, responses=examples.CSV_RESPONSES)
     async def output_csv(request_id: str) -> Response:
         call = grpc_clients().status.ExportCsv(
             status_pb2.ExportCsvRequest(request_id=request_id,
@@ -177,7 +187,8 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(b"".join(chunks), media_type="text/csv; charset=utf-8", headers={
             "Content-Disposition": f'attachment; filename="pixpipe-{request_id}.csv"'})
 
-    @app.get("/requests", summary="Recent requests, newest first")
+    @app.get("/requests", summary="Recent requests, newest first",
+             responses=examples.REQUESTS_RESPONSES)
     async def recent_requests(limit: int = 20) -> Any:
         try:
             answer: status_pb2.ListRequestsResponse = await grpc_clients().status.ListRequests(
@@ -197,7 +208,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
 
-    @app.get("/healthz", summary="Liveness")
+    @app.get("/healthz", summary="Liveness",
+             responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}})
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
@@ -209,6 +221,37 @@ def create_app(settings: Settings) -> FastAPI:
     settings.images_dir.mkdir(parents=True, exist_ok=True)
     app.mount(PROCESSED_IMAGES_ROUTE, StaticFiles(directory=settings.images_dir),
               name="processed_images")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, error: RequestValidationError,
+                              ) -> JSONResponse:
+        # 400 with google.rpc.BadRequest, like every other refusal, rather than FastAPI's 422.
+        violations = [{"field": ".".join(str(part) for part in item["loc"][1:]) or "request",
+                       "description": item["msg"]} for item in error.errors()]
+        body = error_body(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(
+            f"{v['field']}: {v['description']}" for v in violations), [
+            {"@type": "type.googleapis.com/google.rpc.BadRequest",
+             "fieldViolations": violations}])
+        return JSONResponse(body, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = GRPC_CODE_FOR_HTTP.get(error.status_code, grpc.StatusCode.UNKNOWN)
+        return error_response(code, str(error.detail), http_status=error.status_code)
+
+    def openapi_without_422() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version,
+                                 description=app.description, routes=app.routes)
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    responses = operation.get("responses", {})
+                    if responses.pop("422", None) is not None and "400" not in responses:
+                        responses["400"] = examples.VALIDATION_RESPONSE
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi_without_422  # type: ignore[method-assign]
 
     @app.exception_handler(grpc.aio.AioRpcError)
     async def rpc_error_handler(_request: Request, error: grpc.aio.AioRpcError,

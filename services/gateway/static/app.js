@@ -1,0 +1,927 @@
+// The pixpipe web page: upload a CSV, follow the request live, download the output CSV.
+// Plain ES2020, no build step and no dependencies; every server value reaches the DOM as text.
+"use strict";
+
+(() => {
+  const TOKEN_KEY = "pixpipe.apiToken";
+  const RECENT_LIMIT = 20;
+  const RECENT_REFRESH_MS = 15000;
+  const POLL_MS = 1000;
+  const ROWS_PER_FRAME = 400;
+  const TERMINAL = new Set(["completed", "failed"]);
+  const REQUEST_WORDS = {
+    pending: "Waiting", processing: "Processing", completed: "Completed", failed: "Failed",
+  };
+  const IMAGE_WORDS = {
+    pending: "Queued", processing: "Working", completed: "Done", failed: "Failed",
+  };
+
+  const $ = (id) => document.getElementById(id);
+
+  // ---------------------------------------------------------------- small helpers
+
+  /** Creates an element; attributes set as properties unless they contain a dash. */
+  function h(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs)) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "dataset") Object.assign(node.dataset, value);
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else if (key.includes("-") || key === "role") node.setAttribute(key, value === true ? "" : value);
+      else node[key] = value;
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : String(child));
+    }
+    return node;
+  }
+
+  const numberFormat = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
+  const integerFormat = new Intl.NumberFormat();
+
+  function formatBytes(bytes) {
+    if (!Number.isFinite(bytes) || bytes <= 0) return "—";
+    const units = ["B", "kB", "MB", "GB", "TB"];
+    let value = bytes;
+    let unit = 0;
+    while (value >= 1000 && unit < units.length - 1) {
+      value /= 1000;
+      unit += 1;
+    }
+    return `${unit === 0 ? integerFormat.format(value) : numberFormat.format(value)} ${units[unit]}`;
+  }
+
+  /** Share saved, or null when either size is unknown. */
+  function savingRatio(bytesIn, bytesOut) {
+    return bytesIn > 0 && bytesOut > 0 ? 1 - bytesOut / bytesIn : null;
+  }
+
+  function describeSaving(ratio) {
+    if (ratio === null) return { text: "—", tone: "" };
+    const percent = Math.round(Math.abs(ratio) * 1000) / 10;
+    if (ratio === 0) return { text: "kept original", tone: "neutral" };
+    if (ratio > 0) return { text: `${numberFormat.format(percent)}% smaller`, tone: "good" };
+    return { text: `${numberFormat.format(percent)}% larger`, tone: "warn" };
+  }
+
+  /** Timestamps come as RFC 3339 with up to nine fractional digits; Date wants three. */
+  function parseTime(text) {
+    if (!text) return null;
+    const date = new Date(String(text).replace(/(\.\d{3})\d+/, "$1"));
+    return Number.isNaN(date.getTime()) ? null : date;
+  }
+
+  const timeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
+  const relativeFormat = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
+
+  function relativeTime(date) {
+    const seconds = Math.round((date.getTime() - Date.now()) / 1000);
+    const steps = [[60, "second"], [60, "minute"], [24, "hour"], [7, "day"], [Infinity, "week"]];
+    let value = seconds;
+    for (const [size, unit] of steps) {
+      if (Math.abs(value) < size) return relativeFormat.format(Math.round(value), unit);
+      value /= size;
+    }
+    return timeFormat.format(date);
+  }
+
+  function formatDuration(milliseconds) {
+    const seconds = milliseconds / 1000;
+    if (seconds < 60) return `${numberFormat.format(seconds)} s`;
+    const minutes = Math.floor(seconds / 60);
+    if (minutes < 60) return `${minutes} min ${Math.round(seconds % 60)} s`;
+    return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
+  }
+
+  /** Only http(s) and same-origin paths may become a link or an image source. */
+  function safeUrl(text) {
+    if (!text) return null;
+    try {
+      const url = new URL(text, window.location.href);
+      return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
+    } catch {
+      return null;
+    }
+  }
+
+  function lastPathSegment(text) {
+    try {
+      const url = new URL(text);
+      const name = decodeURIComponent(url.pathname.split("/").filter(Boolean).pop() || "");
+      return name || url.host;
+    } catch {
+      return text;
+    }
+  }
+
+  // ---------------------------------------------------------------- the REST API
+
+  function readToken() {
+    try {
+      return window.localStorage.getItem(TOKEN_KEY) || "";
+    } catch {
+      return "";
+    }
+  }
+
+  function writeToken(token) {
+    try {
+      if (token) window.localStorage.setItem(TOKEN_KEY, token);
+      else window.localStorage.removeItem(TOKEN_KEY);
+    } catch {
+      // Storage can be disabled; the token then lasts as long as the page.
+    }
+  }
+
+  let apiToken = readToken();
+
+  class ApiError extends Error {
+    constructor(status, body, message) {
+      super(message);
+      this.status = status;
+      this.body = body;
+    }
+  }
+
+  /** What went wrong, in words, from any error answer the gateway (or FastAPI) gives. */
+  function errorMessage(status, body) {
+    if (status === 401) {
+      return apiToken
+        ? "The gateway refused the API token. Check it under “API token”."
+        : "This gateway needs an API token. Enter it under “API token”.";
+    }
+    const error = body && body.error;
+    if (error && error.message) return error.message;
+    if (body && Array.isArray(body.detail)) {
+      return body.detail.map((item) => {
+        const where = Array.isArray(item.loc) ? item.loc.filter((part) => part !== "body").join(" ") : "";
+        return where ? `${where}: ${item.msg}` : String(item.msg);
+      }).join("; ");
+    }
+    if (body && typeof body.detail === "string") return body.detail;
+    if (status === 404) return "Not found.";
+    return `The gateway answered HTTP ${status}.`;
+  }
+
+  async function apiFetch(path, options = {}) {
+    const headers = new Headers(options.headers || {});
+    if (apiToken) headers.set("Authorization", `Bearer ${apiToken}`);
+    let response;
+    try {
+      response = await fetch(path, { ...options, headers, cache: "no-store" });
+    } catch {
+      throw new ApiError(0, null, "Could not reach the gateway. Is it running?");
+    }
+    if (!response.ok) {
+      let body = null;
+      try {
+        body = await response.json();
+      } catch {
+        body = null;
+      }
+      throw new ApiError(response.status, body, errorMessage(response.status, body));
+    }
+    return response;
+  }
+
+  async function apiJson(path, options) {
+    return (await apiFetch(path, options)).json();
+  }
+
+  const requestPath = (requestId, suffix = "") =>
+    `/status/${encodeURIComponent(requestId)}${suffix}`;
+
+  // ---------------------------------------------------------------- the API token field
+
+  const tokenInput = $("api_token");
+  const tokenSummary = document.querySelector("#settings summary");
+
+  function showTokenState() {
+    tokenSummary.textContent = apiToken ? "API token · set" : "API token";
+  }
+
+  tokenInput.value = apiToken;
+  showTokenState();
+  tokenInput.addEventListener("change", () => {
+    apiToken = tokenInput.value.trim();
+    writeToken(apiToken);
+    showTokenState();
+    loadRecent();
+    if (live && live.failedToLoad) openRequest(live.requestId);
+  });
+  $("forget-token").addEventListener("click", () => {
+    tokenInput.value = "";
+    apiToken = "";
+    writeToken("");
+    showTokenState();
+    loadRecent();
+  });
+
+  // ---------------------------------------------------------------- the upload form
+
+  const form = $("upload-form");
+  const fileInput = $("file");
+  const dropzone = $("dropzone");
+  const fileChosen = $("file-chosen");
+  const uploadErrors = $("upload-errors");
+  const submitButton = $("submit");
+
+  function showChosenFile() {
+    const file = fileInput.files && fileInput.files[0];
+    dropzone.classList.toggle("has-file", Boolean(file));
+    fileChosen.hidden = !file;
+    fileChosen.textContent = file ? `${file.name} · ${formatBytes(file.size)}` : "";
+    if (file) fileInput.removeAttribute("aria-invalid");
+  }
+
+  fileInput.addEventListener("change", showChosenFile);
+
+  for (const type of ["dragenter", "dragover"]) {
+    dropzone.addEventListener(type, (event) => {
+      event.preventDefault();
+      event.dataTransfer.dropEffect = "copy";
+      dropzone.classList.add("dragging");
+    });
+  }
+  dropzone.addEventListener("dragleave", (event) => {
+    if (!dropzone.contains(event.relatedTarget)) dropzone.classList.remove("dragging");
+  });
+  dropzone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    dropzone.classList.remove("dragging");
+    const files = event.dataTransfer && event.dataTransfer.files;
+    if (files && files.length) {
+      const transfer = new DataTransfer();
+      transfer.items.add(files[0]);
+      fileInput.files = transfer.files;
+      showChosenFile();
+    }
+  });
+  // A file dropped beside the drop zone must not replace the page with the file.
+  for (const type of ["dragover", "drop"]) {
+    window.addEventListener(type, (event) => {
+      if (!dropzone.contains(event.target)) event.preventDefault();
+    });
+  }
+
+  function clearUploadErrors() {
+    uploadErrors.hidden = true;
+    uploadErrors.replaceChildren();
+    for (const field of form.querySelectorAll("[aria-invalid]")) field.removeAttribute("aria-invalid");
+  }
+
+  function showUploadErrors(title, problems = [], faults = []) {
+    uploadErrors.replaceChildren(h("p", { class: "form-errors-title" }, title));
+    if (problems.length) {
+      uploadErrors.append(h("ul", {}, problems.map((problem) => h("li", {}, problem))));
+    }
+    if (faults.length) {
+      const rows = faults.map((fault) => h("tr", { class: "fault" },
+        h("td", { class: "num" }, fault.line ? String(fault.line) : "—"),
+        h("td", { class: "num" }, fault.column ? String(fault.column) : "—"),
+        h("td", {}, fault.field || ""),
+        h("td", {}, fault.reason || "")));
+      uploadErrors.append(h("div", { class: "table-wrap" },
+        h("table", { class: "faults" },
+          h("caption", { class: "visually-hidden" }, "Problems found in the CSV"),
+          h("thead", {}, h("tr", {},
+            h("th", { scope: "col", class: "num" }, "Line"),
+            h("th", { scope: "col", class: "num" }, "Column"),
+            h("th", { scope: "col" }, "Field"),
+            h("th", { scope: "col" }, "Problem"))),
+          h("tbody", {}, rows))));
+    }
+    uploadErrors.hidden = false;
+    uploadErrors.focus();
+  }
+
+  /** Checks the form as the gateway would, so simple slips are caught before uploading. */
+  function validateForm() {
+    const problems = [];
+    const invalid = (field, message) => {
+      field.setAttribute("aria-invalid", "true");
+      problems.push(message);
+    };
+    if (!fileInput.files || !fileInput.files.length) invalid(fileInput, "Choose a CSV file to upload.");
+    const webhook = $("webhook_url");
+    if (webhook.value.trim() && !/^https?:\/\/\S+$/i.test(webhook.value.trim())) {
+      invalid(webhook, "The webhook URL must start with http:// or https://.");
+    }
+    const ranges = [["quality", "Quality", 1, 95], ["max_width", "Max width", 1, 65535],
+      ["max_height", "Max height", 1, 65535]];
+    for (const [id, label, low, high] of ranges) {
+      const field = $(id);
+      const text = field.value.trim();
+      if (field.validity.badInput) invalid(field, `${label} must be a whole number.`);
+      else if (text && !(/^\d+$/.test(text) && Number(text) >= low && Number(text) <= high)) {
+        invalid(field, `${label} must be a whole number from ${low} to ${high}.`);
+      }
+    }
+    return problems;
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearUploadErrors();
+    const problems = validateForm();
+    if (problems.length) {
+      showUploadErrors("Please fix these before uploading:", problems);
+      return;
+    }
+    const data = new FormData();
+    data.append("file", fileInput.files[0], fileInput.files[0].name);
+    for (const id of ["webhook_url", "quality", "max_width", "max_height", "format"]) {
+      const value = $(id).value.trim();
+      if (value) data.append(id, value);
+    }
+    submitButton.disabled = true;
+    submitButton.textContent = "Uploading…";
+    try {
+      const answer = await apiJson("/upload/", { method: "POST", body: data });
+      fileInput.value = "";
+      showChosenFile();
+      loadRecent();
+      navigateTo(answer.request_id);
+    } catch (error) {
+      if (!(error instanceof ApiError)) throw error;
+      const faults = (error.body && Array.isArray(error.body.errors)) ? error.body.errors : [];
+      if (faults.length) {
+        const count = faults.length === 1 ? "1 problem" : `${faults.length} problems`;
+        showUploadErrors(`The CSV was refused (${count}); nothing was queued. ` +
+          "Fix the lines below and upload it again.", [], faults);
+      } else {
+        showUploadErrors("The upload failed.", [error.message]);
+      }
+    } finally {
+      submitButton.disabled = false;
+      submitButton.textContent = "Upload and compress";
+    }
+  });
+
+  // ---------------------------------------------------------------- recent requests
+
+  const recentList = $("recent-list");
+  const recentEmpty = $("recent-empty");
+  let recentTimer = null;
+
+  function renderRecent(requests) {
+    const current = live ? live.requestId : null;
+    recentList.replaceChildren(...requests.map((item) => {
+      const created = parseTime(item.created_at);
+      const done = (item.completed || 0) + (item.failed || 0);
+      const summary = `${integerFormat.format(done)}/${integerFormat.format(item.total || 0)} done` +
+        (item.failed ? ` · ${integerFormat.format(item.failed)} failed` : "");
+      return h("li", {},
+        h("a", {
+          href: `#/requests/${encodeURIComponent(item.request_id)}`,
+          class: "recent-item",
+          dataset: { requestId: item.request_id },
+          "aria-current": item.request_id === current ? "true" : null,
+        },
+        h("span", { class: "recent-top" },
+          h("span", { class: "recent-name" }, item.file_name || "untitled.csv"),
+          h("span", { class: "badge small", dataset: { status: item.status } },
+            REQUEST_WORDS[item.status] || item.status)),
+        h("span", { class: "recent-bottom" },
+          h("span", {}, summary),
+          created ? h("time", { dateTime: created.toISOString(), title: timeFormat.format(created) },
+            relativeTime(created)) : null)));
+    }));
+    recentEmpty.hidden = requests.length > 0;
+  }
+
+  async function loadRecent() {
+    clearTimeout(recentTimer);
+    try {
+      const answer = await apiJson(`/requests?limit=${RECENT_LIMIT}`);
+      renderRecent(Array.isArray(answer.requests) ? answer.requests : []);
+      recentEmpty.textContent = "No requests yet.";
+    } catch (error) {
+      if (!(error instanceof ApiError)) throw error;
+      renderRecent([]);
+      // A gateway without the list simply has no history to show.
+      recentEmpty.textContent = error.status === 404 ? "No requests yet." : error.message;
+    }
+    if (!document.hidden) recentTimer = setTimeout(loadRecent, RECENT_REFRESH_MS);
+  }
+
+  function markCurrentInRecent() {
+    for (const link of recentList.querySelectorAll("a.recent-item")) {
+      if (live && link.dataset.requestId === live.requestId) link.setAttribute("aria-current", "true");
+      else link.removeAttribute("aria-current");
+    }
+  }
+
+  $("refresh-recent").addEventListener("click", loadRecent);
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) loadRecent();
+  });
+
+  // ---------------------------------------------------------------- the live view
+
+  const view = {
+    empty: $("live-empty"),
+    section: $("live-view"),
+    title: $("live-title"),
+    options: $("live-options"),
+    id: $("live-id"),
+    times: $("live-times"),
+    status: $("live-status"),
+    download: $("download-csv"),
+    downloadHelp: $("download-help"),
+    progress: $("progress"),
+    progressDone: $("progress-done"),
+    progressFailed: $("progress-failed"),
+    progressText: $("progress-text"),
+    total: $("count-total"),
+    completed: $("count-completed"),
+    failed: $("count-failed"),
+    remaining: $("count-remaining"),
+    saved: $("count-saved"),
+    connection: $("live-connection"),
+    announce: $("live-announce"),
+    error: $("live-error"),
+    webhookBox: $("webhook-box"),
+    webhookUrl: $("webhook-url"),
+    webhookState: $("webhook-state"),
+    table: $("images"),
+    rows: $("image-rows"),
+  };
+
+  let live = null;
+
+  /** One request on screen: its model, its rows and the feed (SSE or polling) keeping it fresh. */
+  class LiveRequest {
+    constructor(requestId) {
+      this.requestId = requestId;
+      this.version = -1;
+      this.request = { request_id: requestId, status: "pending", total: 0, completed: 0, failed: 0 };
+      this.images = new Map();
+      this.bytesIn = 0;
+      this.bytesOut = 0;
+      this.dirty = new Set();
+      this.pendingRows = [];
+      this.frame = 0;
+      this.source = null;
+      this.pollTimer = null;
+      this.stopped = false;
+      this.failedToLoad = false;
+    }
+
+    start() {
+      if (apiToken) {
+        // EventSource cannot send an Authorization header; ask for the status instead.
+        this.poll();
+      } else {
+        this.listen();
+      }
+    }
+
+    stop() {
+      this.stopped = true;
+      if (this.source) this.source.close();
+      this.source = null;
+      clearTimeout(this.pollTimer);
+      cancelAnimationFrame(this.frame);
+    }
+
+    listen() {
+      const source = new EventSource(requestPath(this.requestId, "/events"));
+      this.source = source;
+      this.setConnection("Connecting…");
+      source.addEventListener("open", () => this.setConnection("Live updates"));
+      source.addEventListener("snapshot", (event) => {
+        const data = JSON.parse(event.data);
+        this.applyRequest(data.request, data.version);
+      });
+      source.addEventListener("image", (event) => this.applyImageEvent(JSON.parse(event.data)));
+      source.addEventListener("completed", (event) => {
+        const data = JSON.parse(event.data);
+        // The server ends the stream now; closing first stops EventSource reconnecting.
+        source.close();
+        this.source = null;
+        this.applyRequest(data.request, data.version);
+      });
+      source.addEventListener("error", (event) => {
+        if (this.stopped) return;
+        if (event.data) {
+          // An error the server reported inside the stream: carry on by polling.
+          let message = "the live stream broke";
+          try {
+            message = JSON.parse(event.data).message || message;
+          } catch {
+            // keep the generic words
+          }
+          source.close();
+          this.source = null;
+          this.setConnection(`Live updates stopped (${message}); checking every second instead.`);
+          this.poll();
+        } else if (source.readyState === EventSource.CLOSED) {
+          // Refused outright (unknown id, token needed): fetch the status to learn why.
+          this.source = null;
+          this.poll();
+        } else {
+          this.setConnection("Connection lost — reconnecting…");
+        }
+      });
+    }
+
+    async poll() {
+      if (this.stopped) return;
+      try {
+        const request = await apiJson(requestPath(this.requestId));
+        if (this.stopped) return;
+        this.hideError();
+        this.applyRequest(request, request.version, true);
+        if (!TERMINAL.has(request.status)) {
+          this.setConnection("Checking every second");
+          this.pollTimer = setTimeout(() => this.poll(), POLL_MS);
+        }
+      } catch (error) {
+        if (this.stopped || !(error instanceof ApiError)) throw error;
+        if (error.status === 0 || error.status >= 500) {
+          this.setConnection(`${error.message} Trying again…`);
+          this.pollTimer = setTimeout(() => this.poll(), POLL_MS * 3);
+        } else {
+          this.failedToLoad = true;
+          this.setConnection("");
+          this.showError(error.status === 404
+            ? "There is no request with this id." : error.message);
+        }
+      }
+    }
+
+    setConnection(text) {
+      view.connection.textContent = text;
+    }
+
+    showError(text) {
+      view.error.replaceChildren(h("p", {}, text));
+      view.error.hidden = false;
+    }
+
+    hideError() {
+      view.error.hidden = true;
+    }
+
+    /** A full picture of the request (snapshot, completion or a polled status). */
+    applyRequest(request, version, fromPoll = false) {
+      if (!request) return;
+      if (!fromPoll && typeof version === "number" && version < this.version) return;
+      this.version = typeof version === "number" ? version : this.version;
+      const wasTerminal = TERMINAL.has(this.request.status);
+      this.request = { ...this.request, ...request };
+      if (Array.isArray(request.images)) {
+        const firstTime = this.images.size === 0;
+        for (const image of request.images) this.storeImage(image, firstTime);
+      }
+      this.schedule();
+      if (!wasTerminal && TERMINAL.has(this.request.status)) this.finished();
+    }
+
+    applyImageEvent(data) {
+      if (typeof data.version === "number") {
+        if (data.version <= this.version) return;
+        this.version = data.version;
+      }
+      const wasTerminal = TERMINAL.has(this.request.status);
+      this.request = {
+        ...this.request, status: data.status, total: data.total,
+        completed: data.completed, failed: data.failed,
+      };
+      if (data.image) this.storeImage(data.image, false);
+      this.schedule();
+      // The last image's event already carries the terminal state the completion repeats.
+      if (!wasTerminal && TERMINAL.has(this.request.status)) this.finished();
+    }
+
+    storeImage(image, inBulk) {
+      const known = this.images.get(image.image_id);
+      if (known) {
+        if (sameImage(known.data, image)) return;
+        this.countBytes(known.data, -1);
+        known.data = image;
+        this.countBytes(image, 1);
+        this.dirty.add(known);
+        return;
+      }
+      const entry = { data: image, row: null, shown: {} };
+      this.images.set(image.image_id, entry);
+      this.countBytes(image, 1);
+      this.pendingRows.push(entry);
+      if (!inBulk) this.pendingRows.sort(byProductOrder);
+    }
+
+    countBytes(image, sign) {
+      if (image.status === "completed" && image.bytes_in > 0 && image.bytes_out > 0) {
+        this.bytesIn += sign * image.bytes_in;
+        this.bytesOut += sign * image.bytes_out;
+      }
+    }
+
+    finished() {
+      const { completed, failed, total } = this.request;
+      const words = this.request.status === "completed"
+        ? `Request completed: ${completed} of ${total} images compressed` +
+          (failed ? `, ${failed} failed.` : ".")
+        : `Request failed: none of the ${total} images could be processed.`;
+      view.announce.textContent = words;
+      this.setConnection("");
+      loadRecent();
+    }
+
+    /** DOM work is batched per frame so a burst of events costs one repaint. */
+    schedule() {
+      if (!this.frame) {
+        this.frame = requestAnimationFrame(() => {
+          this.frame = 0;
+          this.render();
+        });
+      }
+    }
+
+    render() {
+      if (this.stopped) return;
+      this.renderSummary();
+      for (const entry of this.dirty) if (entry.row) renderRow(entry);
+      this.dirty.clear();
+      if (this.pendingRows.length) {
+        const batch = this.pendingRows.splice(0, ROWS_PER_FRAME);
+        const fragment = document.createDocumentFragment();
+        for (const entry of batch) {
+          renderRow(entry);
+          fragment.append(entry.row);
+        }
+        insertRows(fragment, batch);
+        if (this.pendingRows.length) this.schedule();
+      }
+    }
+
+    renderSummary() {
+      const request = this.request;
+      const total = request.total || 0;
+      const completed = request.completed || 0;
+      const failed = request.failed || 0;
+      const done = completed + failed;
+      const percent = total ? Math.floor((done / total) * 100) : 0;
+      const terminal = TERMINAL.has(request.status);
+
+      view.title.textContent = request.file_name || (request.created_at ? "Request" : "Loading…");
+      view.id.textContent = this.requestId;
+      view.options.textContent = request.options ? describeOptions(request.options) : "";
+      const created = parseTime(request.created_at);
+      const finished = parseTime(request.completed_at);
+      view.times.replaceChildren(
+        created ? h("span", {}, "Started ", h("time", { dateTime: created.toISOString() },
+          timeFormat.format(created))) : "",
+        created && finished ? ` · finished in ${formatDuration(finished - created)}` : "");
+
+      view.status.textContent = REQUEST_WORDS[request.status] || request.status;
+      view.status.dataset.status = request.status;
+      view.download.disabled = !terminal;
+      view.downloadHelp.textContent = terminal
+        ? "The input columns plus “Output Image Urls”."
+        : "Available when every image is done.";
+
+      view.progressDone.style.width = total ? `${(completed / total) * 100}%` : "0";
+      view.progressFailed.style.width = total ? `${(failed / total) * 100}%` : "0";
+      view.progress.setAttribute("aria-valuenow", String(percent));
+      view.progress.setAttribute("aria-valuetext",
+        `${done} of ${total} images done, ${failed} failed`);
+      view.progress.dataset.status = request.status;
+      view.progressText.textContent = `${percent}% · ${integerFormat.format(done)} of ` +
+        `${integerFormat.format(total)} images`;
+
+      view.total.textContent = integerFormat.format(total);
+      view.completed.textContent = integerFormat.format(completed);
+      view.failed.textContent = integerFormat.format(failed);
+      view.remaining.textContent = integerFormat.format(Math.max(0, total - done));
+      const saving = savingRatio(this.bytesIn, this.bytesOut);
+      view.saved.textContent = saving === null ? "—"
+        : `${formatBytes(this.bytesIn - this.bytesOut)} (${Math.round(saving * 100)}%)`;
+      view.saved.title = saving === null ? ""
+        : `${formatBytes(this.bytesIn)} in, ${formatBytes(this.bytesOut)} out`;
+
+      const webhook = request.webhook;
+      view.webhookBox.hidden = !webhook;
+      if (webhook) {
+        view.webhookUrl.textContent = webhook.url;
+        view.webhookState.textContent = describeWebhook(webhook);
+      }
+      document.title = terminal
+        ? `${REQUEST_WORDS[request.status]} · ${request.file_name || "request"} — pixpipe`
+        : `${percent}% · ${request.file_name || "request"} — pixpipe`;
+    }
+  }
+
+  function describeOptions(options) {
+    const format = options.format ? options.format.toUpperCase() : "default format";
+    const quality = options.quality ? `quality ${options.quality}` : "default quality";
+    const box = options.max_width || options.max_height
+      ? `fit in ${options.max_width || "any"} × ${options.max_height || "any"} px`
+      : "original size";
+    return `Options: ${format}, ${quality}, ${box}`;
+  }
+
+  function describeWebhook(webhook) {
+    const attempts = webhook.attempts === 1 ? "1 attempt" : `${webhook.attempts || 0} attempts`;
+    const last = webhook.last_status_code ? `, last answer HTTP ${webhook.last_status_code}`
+      : webhook.last_error ? `, last error: ${webhook.last_error}` : "";
+    const states = {
+      pending: "will be called when the request is done",
+      delivering: "being delivered",
+      delivered: "delivered",
+      failed: "gave up delivering",
+    };
+    const state = states[webhook.state] || webhook.state;
+    return webhook.attempts ? `${state} (${attempts}${last})` : state;
+  }
+
+  function sameImage(a, b) {
+    return a.status === b.status && a.output_url === b.output_url && a.error === b.error &&
+      a.bytes_in === b.bytes_in && a.bytes_out === b.bytes_out;
+  }
+
+  function byProductOrder(a, b) {
+    return (a.data.serial_number - b.data.serial_number) || (a.data.position - b.data.position);
+  }
+
+  /** Rows usually arrive in order; a late newcomer is slotted in by serial and position. */
+  function insertRows(fragment, batch) {
+    const first = batch[0];
+    const last = view.rows.lastElementChild;
+    if (!last || byProductOrder(last.entry, first) <= 0) {
+      view.rows.append(fragment);
+      return;
+    }
+    for (const entry of batch) {
+      const after = Array.from(view.rows.children).find((row) => byProductOrder(row.entry, entry) > 0);
+      view.rows.insertBefore(entry.row, after || null);
+    }
+  }
+
+  function thumbnail(url, alt, emptyText) {
+    const href = safeUrl(url);
+    if (!href) return h("span", { class: "thumb empty" }, emptyText);
+    const image = h("img", {
+      src: href, alt, loading: "lazy", decoding: "async", width: 64, height: 64,
+      referrerPolicy: "no-referrer",
+    });
+    const link = h("a", { href, target: "_blank", rel: "noopener noreferrer", class: "thumb",
+      title: "Open the full image" }, image);
+    image.addEventListener("error", () => {
+      link.replaceWith(h("span", { class: "thumb empty" }, "No preview"));
+    }, { once: true });
+    return link;
+  }
+
+  function renderRow(entry) {
+    const image = entry.data;
+    if (!entry.row) {
+      entry.row = h("tr", { class: "image-row" });
+      entry.row.entry = entry;
+      entry.cells = Array.from({ length: 6 }, (_, index) =>
+        entry.row.appendChild(h("td", { class: index === 3 || index === 4 ? "num" : "" })));
+    }
+    const [product, before, after, size, saving, status] = entry.cells;
+    const shown = entry.shown;
+    entry.row.dataset.status = image.status;
+    entry.row.dataset.imageId = image.image_id;
+
+    if (!shown.product) {
+      shown.product = true;
+      const label = `${image.product_name}, image ${image.position + 1}`;
+      product.replaceChildren(
+        h("div", { class: "product" },
+          h("span", { class: "serial" }, `#${image.serial_number}`),
+          h("span", { class: "product-name" }, image.product_name)),
+        h("div", { class: "source", title: image.input_url },
+          `Image ${image.position + 1} · ${lastPathSegment(image.input_url)}`));
+      before.replaceChildren(thumbnail(image.input_url, `Original: ${label}`, "No preview"));
+      before.classList.add("thumb-cell", "before");
+      after.classList.add("thumb-cell", "after");
+      entry.label = label;
+    }
+    if (shown.output !== image.output_url || shown.afterStatus !== image.status) {
+      shown.output = image.output_url;
+      shown.afterStatus = image.status;
+      after.replaceChildren(image.output_url
+        ? thumbnail(image.output_url, `Compressed: ${entry.label}`, "—")
+        : h("span", { class: "thumb empty" },
+          image.status === "failed" ? "None" : image.status === "processing" ? "Working…" : "Waiting"));
+    }
+    size.replaceChildren(image.status === "completed" && image.bytes_in > 0
+      ? h("span", {}, formatBytes(image.bytes_in), h("span", { class: "arrow", "aria-label": "to" }, " → "),
+        formatBytes(image.bytes_out))
+      : "—");
+    const { text, tone } = describeSaving(image.status === "completed"
+      ? savingRatio(image.bytes_in, image.bytes_out) : null);
+    saving.textContent = text;
+    saving.className = `num saving ${tone || "none"}`;
+    status.replaceChildren(h("span", { class: "badge small", dataset: { status: image.status } },
+      IMAGE_WORDS[image.status] || image.status));
+    if (image.status === "failed") {
+      status.append(h("p", { class: "image-error" }, image.error || "failed for an unknown reason"));
+    }
+  }
+
+  function resetView() {
+    view.rows.replaceChildren();
+    view.error.hidden = true;
+    view.announce.textContent = "";
+    view.connection.textContent = "";
+    view.webhookBox.hidden = true;
+    setFilter("all");
+  }
+
+  function openRequest(requestId) {
+    if (live) live.stop();
+    resetView();
+    view.empty.hidden = true;
+    view.section.hidden = false;
+    live = new LiveRequest(requestId);
+    live.renderSummary();
+    live.start();
+    markCurrentInRecent();
+  }
+
+  function closeRequest() {
+    if (live) live.stop();
+    live = null;
+    view.section.hidden = true;
+    view.empty.hidden = false;
+    document.title = "pixpipe — bulk image compression";
+    markCurrentInRecent();
+  }
+
+  view.download.addEventListener("click", async () => {
+    if (!live) return;
+    const requestId = live.requestId;
+    view.download.disabled = true;
+    try {
+      const response = await apiFetch(requestPath(requestId, "/csv"));
+      const blob = await response.blob();
+      const disposition = response.headers.get("content-disposition") || "";
+      const match = /filename="?([^";]+)"?/i.exec(disposition);
+      const link = h("a", {
+        href: URL.createObjectURL(blob), download: match ? match[1] : `pixpipe-${requestId}.csv`,
+      });
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+    } catch (error) {
+      if (!(error instanceof ApiError)) throw error;
+      live.showError(error.status === 409
+        ? "The output CSV is ready once every image is done." : error.message);
+    } finally {
+      if (live && live.requestId === requestId) live.renderSummary();
+    }
+  });
+
+  // Filter chips hide rows by status with one attribute on the table.
+  function setFilter(name) {
+    view.table.dataset.filter = name;
+    for (const chip of document.querySelectorAll(".chip[data-filter]")) {
+      chip.setAttribute("aria-pressed", String(chip.dataset.filter === name));
+    }
+  }
+
+  for (const chip of document.querySelectorAll(".chip[data-filter]")) {
+    chip.addEventListener("click", () => setFilter(chip.dataset.filter));
+  }
+
+  // ---------------------------------------------------------------- routing: #/requests/<id>
+
+  function requestIdFromHash() {
+    const match = /^#\/requests\/([^/?#]+)$/.exec(window.location.hash);
+    if (!match) return null;
+    try {
+      return decodeURIComponent(match[1]);
+    } catch {
+      return null;
+    }
+  }
+
+  function navigateTo(requestId) {
+    const hash = `#/requests/${encodeURIComponent(requestId)}`;
+    if (window.location.hash === hash) openRequest(requestId);
+    else window.location.hash = hash;
+  }
+
+  function route() {
+    const requestId = requestIdFromHash();
+    if (requestId) {
+      if (!live || live.requestId !== requestId) openRequest(requestId);
+      $("live").focus({ preventScroll: true });
+    } else {
+      closeRequest();
+    }
+  }
+
+  window.addEventListener("hashchange", route);
+  route();
+  loadRecent();
+})();
