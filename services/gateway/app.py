@@ -104,7 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
         request: Request, call_next: Callable[[Request], Awaitable[Response]],
     ) -> Response:
         path = request.url.path
-        if settings.api_token and not path.startswith(_PUBLIC_PATHS):
+        if settings.api_token and path != "/" and not path.startswith(_PUBLIC_PATHS):
             supplied = request.headers.get("authorization", "")
             if not hmac.compare_digest(supplied.encode(),
                                        f"Bearer {settings.api_token}".encode()):

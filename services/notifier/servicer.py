@@ -27,7 +27,8 @@ def is_valid_request_id(request_id: str) -> bool:
 
 class StatusServicer(status_pb2_grpc.StatusServiceServicer):
     def __init__(self, repository: Repository, hub: EventHub, *, public_base_url: str,
-                 resync_seconds: float = 2.0) -> None:
+                 resync_seconds: float = 2.0, reorder_seconds: float = 0.5) -> None:
+        self._reorder_seconds = reorder_seconds
         self._repository = repository
         self._public_base_url = public_base_url
         self._hub = hub
@@ -96,21 +97,26 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
         if view.counters.status in TERMINAL_REQUEST_STATES:
             yield completion_event(view)
             return
+        # Two workers can publish versions out of order; hold a later one briefly for the one
+        # before it, and fall back to the database only when the gap does not fill.
+        held: dict[int, status_pb2.WatchStatusResponse] = {}
         while True:
+            wait = self._reorder_seconds if held else self._resync_seconds
             try:
-                event = await asyncio.wait_for(queue.get(), timeout=self._resync_seconds)
+                event = await asyncio.wait_for(queue.get(), timeout=wait)
             except TimeoutError:
                 event = None
             if event is not None and event.WhichOneof("event") == "completed":
                 yield await self._full_completion(request_id, event)
                 return
-            if event is not None and event.version == seen + 1:
-                seen = event.version
-                yield event
+            if event is not None:
+                if event.version > seen:
+                    held[event.version] = event
+                while seen + 1 in held:
+                    seen += 1
+                    yield held.pop(seen)
                 continue
-            if event is not None and event.version <= seen:
-                continue  # already covered by a snapshot
-            # A gap (an event lost or reordered) or a quiet spell: resynchronise from the
+            # A gap that did not fill (an event was lost) or a quiet spell: re-read the
             # database, which is the source of truth.
             fresh = await self._repository.get_request(request_id)
             if fresh is None:
@@ -118,6 +124,10 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
             if fresh.counters.version > seen:
                 seen = fresh.counters.version
                 yield snapshot_event(fresh)
+            held = {version: e for version, e in held.items() if version > seen}
+            while seen + 1 in held:
+                seen += 1
+                yield held.pop(seen)
             if fresh.counters.status in TERMINAL_REQUEST_STATES:
                 yield completion_event(fresh)
                 return

@@ -20,6 +20,9 @@ from pixpipe.storage import ImageStore
 log = logging.getLogger(__name__)
 
 
+CODEC_NICENESS = 10
+
+
 class TransientFailure(Exception):
     """A fault worth retrying later (network trouble, a 5xx, a crashed codec process)."""
 
@@ -39,9 +42,13 @@ def transform_options(job: ImageJob, settings: Settings) -> TransformOptions:
     )
 
 
-def _ignore_interrupts() -> None:
+def _prepare_codec_process() -> None:
     # The worker decides when its codec processes stop; a terminal's Ctrl-C must not.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Pillow may take every core; at a lower priority it never delays the event loops that
+    # acknowledge jobs, commit results and stream status (throughput is unchanged: the CPU
+    # stays busy either way).
+    os.nice(CODEC_NICENESS)
 
 
 class CodecPool:
@@ -55,7 +62,7 @@ class CodecPool:
         # forkserver: never fork a process that already runs asyncio, gRPC and NATS threads.
         return ProcessPoolExecutor(max_workers=self._processes,
                                    mp_context=multiprocessing.get_context("forkserver"),
-                                   initializer=_ignore_interrupts)
+                                   initializer=_prepare_codec_process)
 
     async def transform(self, data: bytes, options: TransformOptions) -> TransformResult:
         loop = asyncio.get_running_loop()

@@ -8,6 +8,11 @@
   const RECENT_REFRESH_MS = 15000;
   const POLL_MS = 1000;
   const ROWS_PER_FRAME = 400;
+  // After the request ends, its webhook is usually delivered within seconds; look again a
+  // few times (small requests only: the status answer carries every image).
+  const WEBHOOK_CHECK_MS = 2000;
+  const WEBHOOK_CHECKS = 30;
+  const WEBHOOK_CHECK_MAX_IMAGES = 2000;
   const TERMINAL = new Set(["completed", "failed"]);
   const REQUEST_WORDS = {
     pending: "Waiting", processing: "Processing", completed: "Completed", failed: "Failed",
@@ -278,23 +283,24 @@
       uploadErrors.append(h("ul", {}, problems.map((problem) => h("li", {}, problem))));
     }
     if (faults.length) {
-      const rows = faults.map((fault) => h("tr", { class: "fault" },
-        h("td", { class: "num" }, fault.line ? String(fault.line) : "—"),
-        h("td", { class: "num" }, fault.column ? String(fault.column) : "—"),
-        h("td", {}, fault.field || ""),
-        h("td", {}, fault.reason || "")));
-      uploadErrors.append(h("div", { class: "table-wrap" },
-        h("table", { class: "faults" },
-          h("caption", { class: "visually-hidden" }, "Problems found in the CSV"),
-          h("thead", {}, h("tr", {},
-            h("th", { scope: "col", class: "num" }, "Line"),
-            h("th", { scope: "col", class: "num" }, "Column"),
-            h("th", { scope: "col" }, "Field"),
-            h("th", { scope: "col" }, "Problem"))),
-          h("tbody", {}, rows))));
+      uploadErrors.append(h("ol", { class: "faults", "aria-label": "Problems found in the CSV" },
+        faults.map((fault) => h("li", {
+          class: "fault",
+          dataset: { line: String(fault.line || 0), column: String(fault.column || 0),
+            field: fault.field || "" },
+        },
+        h("span", { class: "fault-where" }, describeFaultPlace(fault),
+          h("span", { class: "visually-hidden" }, ": ")),
+        h("span", { class: "fault-reason" }, fault.reason || "")))));
     }
     uploadErrors.hidden = false;
     uploadErrors.focus();
+  }
+
+  function describeFaultPlace(fault) {
+    const place = [fault.line ? `Line ${fault.line}` : "The file"];
+    if (fault.column) place.push(`column ${fault.column}`);
+    return place.join(", ") + (fault.field ? ` (${fault.field})` : "");
   }
 
   /** Checks the form as the gateway would, so simple slips are caught before uploading. */
@@ -366,7 +372,20 @@
   const recentEmpty = $("recent-empty");
   let recentTimer = null;
 
+  let recentRequests = [];
+
+  /** The open request's entry follows the live view rather than the last refresh. */
+  function syncRecent(request) {
+    const item = recentRequests.find((entry) => entry.request_id === request.request_id);
+    if (!item || (item.status === request.status && item.completed === request.completed &&
+        item.failed === request.failed && item.total === request.total)) return;
+    Object.assign(item, { status: request.status, total: request.total,
+      completed: request.completed, failed: request.failed });
+    renderRecent(recentRequests);
+  }
+
   function renderRecent(requests) {
+    recentRequests = requests;
     const current = live ? live.requestId : null;
     recentList.replaceChildren(...requests.map((item) => {
       const created = parseTime(item.created_at);
@@ -392,14 +411,19 @@
     recentEmpty.hidden = requests.length > 0;
   }
 
+  let recentCalls = 0;
+
   async function loadRecent() {
     clearTimeout(recentTimer);
+    const call = ++recentCalls;
     try {
       const answer = await apiJson(`/requests?limit=${RECENT_LIMIT}`);
+      if (call !== recentCalls) return; // a later refresh is on its way
       renderRecent(Array.isArray(answer.requests) ? answer.requests : []);
       recentEmpty.textContent = "No requests yet.";
     } catch (error) {
       if (!(error instanceof ApiError)) throw error;
+      if (call !== recentCalls) return;
       renderRecent([]);
       // A gateway without the list simply has no history to show.
       recentEmpty.textContent = error.status === 404 ? "No requests yet." : error.message;
@@ -466,6 +490,8 @@
       this.frame = 0;
       this.source = null;
       this.pollTimer = null;
+      this.webhookTimer = null;
+      this.followingWebhook = false;
       this.stopped = false;
       this.failedToLoad = false;
     }
@@ -484,6 +510,7 @@
       if (this.source) this.source.close();
       this.source = null;
       clearTimeout(this.pollTimer);
+      clearTimeout(this.webhookTimer);
       cancelAnimationFrame(this.frame);
     }
 
@@ -579,6 +606,11 @@
       }
       this.schedule();
       if (!wasTerminal && TERMINAL.has(this.request.status)) this.finished();
+      // The delivery record may only appear with the completion, after finished() ran.
+      if (TERMINAL.has(this.request.status) && !this.followingWebhook && this.request.webhook) {
+        this.followingWebhook = true;
+        this.followWebhook(0);
+      }
     }
 
     applyImageEvent(data) {
@@ -630,6 +662,24 @@
       view.announce.textContent = words;
       this.setConnection("");
       loadRecent();
+    }
+
+    followWebhook(checks) {
+      const webhook = this.request.webhook;
+      if (this.stopped || !webhook || !["pending", "delivering"].includes(webhook.state) ||
+          checks >= WEBHOOK_CHECKS || (this.request.total || 0) > WEBHOOK_CHECK_MAX_IMAGES) {
+        return;
+      }
+      this.webhookTimer = setTimeout(async () => {
+        try {
+          const request = await apiJson(requestPath(this.requestId));
+          if (this.stopped) return;
+          this.applyRequest(request, request.version, true);
+        } catch (error) {
+          if (!(error instanceof ApiError)) throw error;
+        }
+        this.followWebhook(checks + 1);
+      }, WEBHOOK_CHECK_MS);
     }
 
     /** DOM work is batched per frame so a burst of events costs one repaint. */
@@ -704,6 +754,7 @@
       view.saved.title = saving === null ? ""
         : `${formatBytes(this.bytesIn)} in, ${formatBytes(this.bytesOut)} out`;
 
+      syncRecent(request);
       const webhook = request.webhook;
       view.webhookBox.hidden = !webhook;
       if (webhook) {
@@ -730,7 +781,7 @@
     const last = webhook.last_status_code ? `, last answer HTTP ${webhook.last_status_code}`
       : webhook.last_error ? `, last error: ${webhook.last_error}` : "";
     const states = {
-      pending: "will be called when the request is done",
+      pending: "waiting to be delivered",
       delivering: "being delivered",
       delivered: "delivered",
       failed: "gave up delivering",
@@ -813,8 +864,9 @@
           image.status === "failed" ? "None" : image.status === "processing" ? "Working…" : "Waiting"));
     }
     size.replaceChildren(image.status === "completed" && image.bytes_in > 0
-      ? h("span", {}, formatBytes(image.bytes_in), h("span", { class: "arrow", "aria-label": "to" }, " → "),
-        formatBytes(image.bytes_out))
+      ? h("span", {}, formatBytes(image.bytes_in),
+        h("span", { class: "arrow", "aria-hidden": "true" }, " → "),
+        h("span", { class: "visually-hidden" }, " to "), formatBytes(image.bytes_out))
       : "—");
     const { text, tone } = describeSaving(image.status === "completed"
       ? savingRatio(image.bytes_in, image.bytes_out) : null);

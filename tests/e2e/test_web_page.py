@@ -1,0 +1,295 @@
+"""The web page at / driven in real headless Chromium: upload, live view, download, history."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+try:
+    from playwright.async_api import Browser, Page, async_playwright, expect
+except ImportError:  # pragma: no cover - CI installs it; see .ci/run
+    pytest.skip("the playwright package is not installed (pip install playwright)",
+                allow_module_level=True)
+
+from tests.support.http_server import CorpusHttpServer
+from tests.support.infrastructure import start_own_nats
+from tests.support.stack import RunningStack, products_csv, running_stack, stack_settings
+from tests.support.webhook_receiver import WebhookReceiver
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():  # pragma: no cover - CI installs it; see .ci/run
+    pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)", allow_module_level=True)
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).with_name("artifacts")
+API_TOKEN = "page-s3cret"
+REQUEST_URL = re.compile(r"#/requests/[0-9a-f-]{36}$")
+FINISH_TIMEOUT_MS = 120_000
+# Every completed row's "after" thumbnail has really been decoded by the browser.
+# Thumbnails load lazily, so scroll to the next one not loaded yet, as a person would.
+AFTER_THUMBNAILS_LOADED = """count => {
+  const images = [...document.querySelectorAll('tr[data-status="completed"] td.after img')];
+  const waiting = images.find(img => !(img.complete && img.naturalWidth > 0));
+  if (waiting) waiting.scrollIntoView({block: "center"});
+  return images.length === count && !waiting;
+}"""
+# Every thumbnail has settled: loaded, or replaced by a "No preview" placeholder.
+ALL_THUMBNAILS_SETTLED = """() =>
+  [...document.querySelectorAll('#image-rows img')].every(img => img.complete)"""
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context(viewport={"width": 1360, "height": 900},
+                                        accept_downloads=True)
+    opened = await context.new_page()
+    script_errors: list[str] = []
+    opened.on("pageerror", lambda error: script_errors.append(str(error)))
+    try:
+        yield opened
+    finally:
+        await context.close()
+    assert not script_errors, f"the page threw: {script_errors}"
+
+
+def artifact(name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    ignore = ARTIFACTS / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("*\n!.gitignore\n")
+    return ARTIFACTS / name
+
+
+async def upload_through_the_page(page: Page, base_url: str, csv_path: Path, *,
+                                  webhook_url: str = "") -> str:
+    await page.goto(f"{base_url}/")
+    await expect(page.get_by_role("heading", name="New request")).to_be_visible()
+    await page.set_input_files("#file", csv_path)
+    await expect(page.locator("#file-chosen")).to_contain_text(csv_path.name)
+    await page.get_by_label("Webhook URL").fill(webhook_url)
+    await page.get_by_label("Quality").fill("60")
+    await page.get_by_role("button", name="Upload and compress").click()
+    await expect(page).to_have_url(REQUEST_URL)
+    return page.url.rsplit("/", 1)[-1]
+
+
+async def expect_finished_view(page: Page) -> None:
+    """The live view of the corpus request once it is done: counters, rows, thumbnails."""
+    await expect(page.locator("#live-status")).to_have_text("Completed",
+                                                            timeout=FINISH_TIMEOUT_MS)
+    await expect(page.locator("#count-total")).to_have_text("14")
+    await expect(page.locator("#count-completed")).to_have_text("12")
+    await expect(page.locator("#count-failed")).to_have_text("2")
+    await expect(page.locator("#count-remaining")).to_have_text("0")
+    await expect(page.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "100")
+    await expect(page.locator("tr.image-row")).to_have_count(14)
+    await expect(page.locator('tr.image-row[data-status="completed"]')).to_have_count(12)
+    await page.wait_for_function(AFTER_THUMBNAILS_LOADED, arg=12)
+
+    failed = page.locator('tr.image-row[data-status="failed"]')
+    await expect(failed).to_have_count(2)
+    await expect(failed.filter(has_text="broken.png")).to_contain_text("corrupt PNG data")
+    await expect(failed.filter(has_text="missing.jpg")).to_contain_text("HTTP 404 from source")
+    # A completed row says how much it saved, in bytes and per cent.
+    first = page.locator('tr.image-row[data-status="completed"]').first
+    await expect(first.locator("td.saving")).to_have_text(
+        re.compile(r"(smaller|larger|kept original)$"))
+    await expect(first).to_contain_text("→")
+
+
+async def test_upload_follow_live_and_download(
+        stack: RunningStack, corpus_server: CorpusHttpServer, corpus_dir: Path,
+        tmp_path: Path, page: Page) -> None:
+    csv_path = tmp_path / "products.csv"
+    csv_path.write_bytes(products_csv(corpus_dir, corpus_server.port))
+
+    with WebhookReceiver() as receiver:
+        request_id = await upload_through_the_page(page, stack.gateway_url, csv_path,
+                                                   webhook_url=receiver.url())
+        await expect(page.locator("#live-id")).to_have_text(request_id)
+        await expect(page.locator("#live-options")).to_contain_text("quality 60")
+        await expect_finished_view(page)
+        await expect(page.locator("#webhook-url")).to_have_text(receiver.url())
+        # The page looks again after the request ends, until the delivery is recorded.
+        await expect(page.locator("#webhook-state")).to_contain_text(
+            "delivered (1 attempt, last answer HTTP 200)", timeout=30_000)
+
+    download_button = page.get_by_role("button", name="Download output CSV")
+    await expect(download_button).to_be_enabled()
+    async with page.expect_download() as download_info:
+        await download_button.click()
+    download = await download_info.value
+    assert download.suggested_filename.endswith(".csv")
+    rows = list(csv.reader(io.StringIO((await download.path()).read_text(encoding="utf-8"))))
+    assert rows[0][-1] == "Output Image Urls"
+    assert len(rows) == 1 + 7
+
+    recent = page.locator(f'#recent-list a[data-request-id="{request_id}"]')
+    await expect(recent).to_be_visible()
+    await expect(recent).to_contain_text("products.csv")
+    await expect(recent).to_contain_text("Completed")
+    await expect(recent).to_have_attribute("aria-current", "true")
+
+    await page.wait_for_function(ALL_THUMBNAILS_SETTLED)
+    await page.screenshot(path=artifact("web-page.png"), full_page=True)
+    await page.set_viewport_size({"width": 420, "height": 900})
+    await page.screenshot(path=artifact("web-page-narrow.png"), full_page=True)
+    await page.set_viewport_size({"width": 1360, "height": 900})
+
+    # The filter shows only the failed rows, then everything again.
+    await page.get_by_role("button", name="Failed", exact=True).click()
+    await expect(page.locator("tr.image-row:visible")).to_have_count(2)
+    await page.get_by_role("button", name="All", exact=True).click()
+    await expect(page.locator("tr.image-row:visible")).to_have_count(14)
+
+    # From a fresh page, the recent list leads back to the finished request's live view.
+    await page.goto(f"{stack.gateway_url}/")
+    await expect(page.get_by_role("heading", name="Compress a catalogue of product images")
+                 ).to_be_visible()
+    await page.locator(f'#recent-list a[data-request-id="{request_id}"]').click()
+    await expect(page).to_have_url(re.compile(f"#/requests/{request_id}$"))
+    await expect_finished_view(page)
+
+
+async def test_a_refused_csv_shows_each_fault_by_line_and_column(
+        stack: RunningStack, tmp_path: Path, page: Page) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("S. No.,Product Name,Input Image Urls\n"
+                   "1,Mug,http://img.example/a.jpg\n"
+                   "abc,,ftp://img.example/b.jpg\n"
+                   "1,Poster,http://img.example/c.jpg\n")
+    await page.goto(f"{stack.gateway_url}/")
+
+    # Slips the page catches itself, before anything is sent.
+    await page.get_by_label("Quality").fill("120")
+    await page.get_by_role("button", name="Upload and compress").click()
+    errors = page.locator("#upload-errors")
+    await expect(errors).to_contain_text("Choose a CSV file to upload.")
+    await expect(errors).to_contain_text("Quality must be a whole number from 1 to 95.")
+    await expect(page.get_by_label("Quality")).to_have_attribute("aria-invalid", "true")
+
+    await page.get_by_label("Quality").fill("")
+    await page.set_input_files("#file", bad)
+    await page.get_by_role("button", name="Upload and compress").click()
+    await expect(errors).to_contain_text("The CSV was refused")
+    faults = errors.get_by_role("listitem")
+    await expect(faults).to_have_count(4)
+    await expect(faults.first).to_have_text(
+        "Line 3, column 1 (S. No.): serial number 'abc' is not a whole number")
+    located: dict[tuple[str | None, ...], str] = {}
+    for fault in await faults.all():
+        place = [await fault.get_attribute(name) for name in
+                 ("data-line", "data-column", "data-field")]
+        located[tuple(place)] = await fault.locator(".fault-reason").inner_text()
+    assert "not a whole number" in located["3", "1", "S. No."]
+    assert located["3", "2", "Product Name"] == "product name is empty"
+    assert "URL 1" in located["3", "3", "Input Image Urls"]
+    assert "already used on line 2" in located["4", "1", "S. No."]
+    await expect(page).not_to_have_url(REQUEST_URL)
+    await page.screenshot(path=artifact("web-page-refused-csv.png"), full_page=True)
+
+
+async def test_the_live_view_moves_while_the_request_runs(
+        stack: RunningStack, corpus_server: CorpusHttpServer, corpus_dir: Path,
+        tmp_path: Path, page: Page) -> None:
+    """One image is held at its source, so the page must show the request half done."""
+    photo = (corpus_dir / "photos" / "rocket.jpg").read_bytes()
+    gate = threading.Event()
+
+    def held() -> list[bytes]:
+        gate.wait(60)
+        return [photo]
+
+    held_url = corpus_server.stream(f"/held-{uuid.uuid4()}.jpg", held)
+    csv_path = tmp_path / "live.csv"
+    csv_path.write_text("S. No.,Product Name,Input Image Urls\n"
+                        f"1,Fast,{corpus_server.url('photos/logo.png')}\n"
+                        f"2,Held,{held_url}\n")
+    try:
+        await upload_through_the_page(page, stack.gateway_url, csv_path)
+        await expect(page.locator("#count-completed")).to_have_text("1")
+        await expect(page.locator("#count-remaining")).to_have_text("1")
+        await expect(page.locator("#live-status")).to_have_text("Processing")
+        await expect(page.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "50")
+        await expect(page.get_by_role("button", name="Download output CSV")).to_be_disabled()
+        await expect(page.locator('tr.image-row[data-status="completed"]')).to_have_count(1)
+        await expect(page.locator("#recent-list a[aria-current=true]")).to_contain_text("1/2 done")
+        await page.screenshot(path=artifact("web-page-live.png"), full_page=True)
+        gate.set()
+        await expect(page.locator("#live-status")).to_have_text("Completed",
+                                                                timeout=FINISH_TIMEOUT_MS)
+        await expect(page.locator("#count-completed")).to_have_text("2")
+        await expect(page.get_by_role("button", name="Download output CSV")).to_be_enabled()
+        await page.wait_for_function(AFTER_THUMBNAILS_LOADED, arg=2)
+    finally:
+        gate.set()
+
+
+async def test_an_unknown_request_says_so(stack: RunningStack, page: Page) -> None:
+    await page.goto(f"{stack.gateway_url}/#/requests/00000000-0000-4000-8000-000000000000")
+    await expect(page.locator("#live-error")).to_contain_text("There is no request with this id.")
+
+
+@pytest.fixture
+def guarded_stack(tmp_path: Path, database_url: str) -> Iterator[RunningStack]:
+    """A stack of its own whose REST routes need a bearer token.
+
+    It gets its own nats-server: on a shared one its jobs would also reach the module's other
+    stack's workers, which store results in that stack's data directory.
+    """
+    nats_server = start_own_nats(tmp_path / "nats")
+    try:
+        environment = stack_settings(tmp_path / "stack", database_url=database_url,
+                                     nats_url=nats_server.url, PIXPIPE_API_TOKEN=API_TOKEN)
+        with running_stack(tmp_path / "stack", environment, workers=1) as running:
+            yield running
+    finally:
+        nats_server.stop()
+
+
+async def test_with_an_api_token_the_page_polls_and_sends_it(
+        guarded_stack: RunningStack, corpus_server: CorpusHttpServer, corpus_dir: Path,
+        tmp_path: Path, page: Page) -> None:
+    csv_path = tmp_path / "products.csv"
+    csv_path.write_bytes(products_csv(corpus_dir, corpus_server.port))
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
+    await page.goto(f"{guarded_stack.gateway_url}/")
+    await expect(page.locator("#recent-empty")).to_contain_text("needs an API token")
+    await page.get_by_text("API token", exact=True).click()
+    await page.get_by_label("Bearer token").fill(API_TOKEN)
+    await page.get_by_label("Bearer token").press("Tab")
+    await expect(page.locator("#settings summary")).to_have_text("API token · set")
+
+    # Reloading keeps the token; the live view then polls, as EventSource sends no header.
+    request_id = await upload_through_the_page(page, guarded_stack.gateway_url, csv_path)
+    await expect_finished_view(page)
+    await expect(page.locator(f'#recent-list a[data-request-id="{request_id}"]')).to_be_visible()
+    async with page.expect_download() as download_info:
+        await page.get_by_role("button", name="Download output CSV").click()
+    download = await download_info.value
+    header = (await download.path()).read_text(encoding="utf-8").splitlines()[0]
+    assert header.endswith("Output Image Urls")
+    assert any(url.endswith(f"/status/{request_id}") for url in asked)
+    assert not any(url.endswith("/events") for url in asked), "EventSource cannot carry a token"
+
