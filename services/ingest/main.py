@@ -20,13 +20,14 @@ log = logging.getLogger(__name__)
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     engine = engine_from_settings(settings)
+    repository = Repository(session_factory(engine))
     bus = await Bus.connect(settings, name="pixpipe-ingest")
     metrics = IngestMetrics()
     serve_metrics(metrics.registry, settings.bind_host, settings.metrics_port)
     server = GrpcServer(host=settings.bind_host, port=settings.ingest_port,
                         api_token=settings.api_token)
     server.add(ingest_pb2_grpc.add_IngestServiceServicer_to_server,
-               IngestServicer(settings, Repository(session_factory(engine)), bus, metrics),
+               IngestServicer(settings, repository, bus, metrics),
                ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name)
     await server.start()
     log.info("ingest listening on %s:%d", settings.bind_host, server.port)
@@ -36,6 +37,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await server.stop(settings.shutdown_grace_seconds,
                           drain_seconds=settings.grpc_drain_seconds)
         await bus.close()
+        repository.close()
         await engine.dispose()
 
 

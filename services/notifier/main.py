@@ -78,6 +78,7 @@ class Notifier:
             await self.hub.stop()
         if self._bus is not None:
             await self._bus.close()
+        self.repository.close()
         await self._engine.dispose()
 
 

@@ -38,6 +38,7 @@ async def work(settings: Settings, stop: asyncio.Event) -> None:
         await fetcher.aclose()
         codec.shutdown()
         await bus.close()
+        repository.close()
         await engine.dispose()
     log.info("worker stopped")
 

@@ -15,6 +15,8 @@ def configure_logging(settings: Settings, service: str) -> None:
         level=settings.log_level.upper(),
         format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
     )
+    # A line per download or webhook POST drowns the service's own log.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
 
 
 def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

@@ -224,7 +224,12 @@ async def test_webhook_receives_the_signed_status_when_the_request_finishes(
             assert response.status_code == 200, response.text
             request_id = response.json()["request_id"]
             post = await asyncio.to_thread(receiver.wait_for_success, 60.0)
-            status = (await client.get(f"/status/{request_id}")).json()
+            # The notifier records the attempt once the receiver has answered.
+            deadline = time.monotonic() + 30
+            while (status := (await client.get(f"/status/{request_id}")).json())[
+                    "webhook"]["state"] != "delivered":
+                assert time.monotonic() < deadline, status["webhook"]
+                await asyncio.sleep(0.05)
     verify(post.headers, post.body, stack.settings.webhook_secret)
     body = json.loads(post.body)
     assert body["request_id"] == request_id and body["status"] == "completed"

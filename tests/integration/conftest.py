@@ -44,7 +44,9 @@ def make_settings(tmp_path: Path, database_url: str, nats_server: NatsServer,
 @pytest.fixture
 async def repository(database_url: str) -> AsyncIterator[Repository]:
     engine = create_engine(database_url)
-    yield Repository(session_factory(engine))
+    opened = Repository(session_factory(engine))
+    yield opened
+    opened.close()
     await engine.dispose()
 
 

@@ -81,6 +81,8 @@ class ImageRecord(Base):
     request_id: Mapped[str] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"))
     product_id: Mapped[int] = mapped_column(ForeignKey("products.id", ondelete="CASCADE"))
     serial_number: Mapped[int] = mapped_column(BigInteger)
+    # Copied from the product so an image's status is one row, read without a join.
+    product_name: Mapped[str | None] = mapped_column(Text, nullable=True)
     position: Mapped[int] = mapped_column(Integer)
     input_url: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="pending")

@@ -7,11 +7,23 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import case, insert, select, update
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Integer,
+    Row,
+    Table,
+    bindparam,
+    case,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixpipe.csv_input import ParsedCsv
 from pixpipe.db.models import ImageRecord, ProductRecord, RequestRecord, WebhookDelivery
+from pixpipe.db.transactions import TransactionRunner
 from pixpipe.domain import (
     TERMINAL_REQUEST_STATES,
     ImageChange,
@@ -31,6 +43,83 @@ _OPEN_IMAGE_STATES = (ImageState.PENDING.value, ImageState.PROCESSING.value)
 _OPEN_REQUEST_STATES = (RequestState.PENDING.value, RequestState.PROCESSING.value)
 
 
+_images: Table = ImageRecord.__table__  # type: ignore[assignment]
+_requests: Table = RequestRecord.__table__  # type: ignore[assignment]
+_deliveries: Table = WebhookDelivery.__table__  # type: ignore[assignment]
+_IMAGE_COLUMNS = (_images.c.request_id, _images.c.id, _images.c.serial_number,
+                  _images.c.product_name, _images.c.position, _images.c.input_url,
+                  _images.c.status, _images.c.error, _images.c.output_path,
+                  _images.c.bytes_in, _images.c.bytes_out)
+_NOW = bindparam("p_now", type_=DateTime(timezone=True))
+_IMAGE_IS_OPEN = _images.c.status.in_(_OPEN_IMAGE_STATES)
+
+# The hot statements are built once; workers run them for every image.
+_START_IMAGE = (
+    update(_images)
+    .where(_images.c.id == bindparam("p_image_id"), _IMAGE_IS_OPEN)
+    .values(status=ImageState.PROCESSING.value, attempts=_images.c.attempts + 1,
+            worker=bindparam("p_worker"), updated_at=_NOW)
+    .returning(*_IMAGE_COLUMNS)
+)
+_FINISH_IMAGE = (
+    update(_images)
+    .where(_images.c.id == bindparam("p_image_id"), _IMAGE_IS_OPEN)
+    .values(status=bindparam("p_status"), error=bindparam("p_error"),
+            output_path=bindparam("p_output_path"), bytes_in=bindparam("p_bytes_in"),
+            bytes_out=bindparam("p_bytes_out"), width=bindparam("p_width"),
+            height=bindparam("p_height"), updated_at=_NOW)
+    .returning(*_IMAGE_COLUMNS)
+)
+_NOTE_RETRY = (
+    update(_images)
+    .where(_images.c.id == bindparam("p_image_id"), _IMAGE_IS_OPEN)
+    .values(error=bindparam("p_reason"), updated_at=_NOW)
+)
+_COMPLETED_NOW = bindparam("p_completed", type_=Integer)
+_FAILED_NOW = bindparam("p_failed", type_=Integer)
+_FINISHED = (_requests.c.completed + _COMPLETED_NOW + _requests.c.failed + _FAILED_NOW
+             >= _requests.c.total)
+_BUMP_REQUEST = (
+    update(_requests)
+    .where(_requests.c.id == bindparam("p_request_id"),
+           _requests.c.status.in_(_OPEN_REQUEST_STATES))
+    .values(
+        completed=_requests.c.completed + _COMPLETED_NOW,
+        failed=_requests.c.failed + _FAILED_NOW,
+        version=_requests.c.version + 1,
+        updated_at=_NOW,
+        status=case(
+            (_FINISHED & (_requests.c.completed + _COMPLETED_NOW > 0),
+             RequestState.COMPLETED.value),
+            (_FINISHED, RequestState.FAILED.value),
+            else_=RequestState.PROCESSING.value,
+        ),
+        completed_at=case((_FINISHED, _NOW), else_=_requests.c.completed_at),
+    )
+    .returning(_requests.c.status, _requests.c.total, _requests.c.completed,
+               _requests.c.failed, _requests.c.version, _requests.c.webhook_url)
+)
+
+
+def _bump_request(connection: Connection, request_id: str, now: datetime, *, completed: int,
+                  failed: int) -> RequestCounters | None:
+    """Count one image change on its request; queue the webhook if this finished it."""
+    row = connection.execute(_BUMP_REQUEST, {
+        "p_request_id": request_id, "p_completed": completed, "p_failed": failed,
+        "p_now": now}).one_or_none()
+    if row is None:
+        return None
+    status = RequestState(row.status)
+    if status in TERMINAL_REQUEST_STATES and row.webhook_url:
+        # The outbox row commits with the completion itself: never lost, never doubled.
+        connection.execute(insert(_deliveries).values(
+            id=webhook_message_id(request_id, status.value), request_id=request_id,
+            event_type=f"request.{status.value}", url=row.webhook_url, state="pending",
+            attempts=0, next_attempt_at=now, created_at=now))
+    return RequestCounters(status=status, total=row.total, completed=row.completed,
+                           failed=row.failed, version=row.version)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -47,6 +136,10 @@ class Repository:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
+        self._writes = TransactionRunner(sessions.kw["bind"])
+
+    def close(self) -> None:
+        self._writes.dispose()
 
     async def create_request(
         self,
@@ -81,6 +174,7 @@ class Repository:
                     image_rows.append({
                         "id": image_id, "request_id": request_id, "product_id": product_id,
                         "serial_number": row.serial_number, "position": position,
+                        "product_name": row.product_name,
                         "input_url": url, "status": ImageState.PENDING.value, "attempts": 0,
                         "updated_at": now,
                     })
@@ -112,31 +206,30 @@ class Repository:
 
     async def start_image(self, image_id: str, *, worker: str = "") -> ImageChange | None:
         """Mark an image processing; None when it is unknown or already terminal."""
-        now = utcnow()
-        async with self._sessions.begin() as session:
-            request_id = await session.scalar(
-                update(ImageRecord)
-                .where(ImageRecord.id == image_id, ImageRecord.status.in_(_OPEN_IMAGE_STATES))
-                .values(status=ImageState.PROCESSING.value, attempts=ImageRecord.attempts + 1,
-                        worker=worker or None, updated_at=now)
-                .returning(ImageRecord.request_id)
-            )
-            if request_id is None:
+
+        def work(connection: Connection) -> ImageChange | None:
+            now = utcnow()
+            image = connection.execute(_START_IMAGE, {
+                "p_image_id": image_id, "p_worker": worker or None, "p_now": now,
+            }).one_or_none()
+            if image is None:
                 return None
-            counters = await self._bump_request(session, request_id, now, completed=0, failed=0)
+            counters = _bump_request(connection, image.request_id, now, completed=0, failed=0)
             if counters is None:
                 return None
-            image = await self._image_view(session, image_id)
-        return ImageChange(request_id=request_id, image=image, counters=counters)
+            return ImageChange(request_id=image.request_id, image=_image_view(image),
+                               counters=counters)
+
+        return await self._writes.run(work)
 
     async def note_retry(self, image_id: str, reason: str) -> None:
         """Remember the last transient fault so a final failure can name it."""
-        async with self._sessions.begin() as session:
-            await session.execute(
-                update(ImageRecord)
-                .where(ImageRecord.id == image_id, ImageRecord.status.in_(_OPEN_IMAGE_STATES))
-                .values(error=reason, updated_at=utcnow())
-            )
+
+        def work(connection: Connection) -> None:
+            connection.execute(_NOTE_RETRY, {"p_image_id": image_id, "p_reason": reason,
+                                             "p_now": utcnow()})
+
+        await self._writes.run(work)
 
     async def last_error(self, image_id: str) -> str | None:
         async with self._sessions() as session:
@@ -147,89 +240,36 @@ class Repository:
         """Record an image's result exactly once; None when it was already terminal.
 
         The guard on the image's state makes a redelivered job a no-op, and the counter
-        update decides in the same transaction whether this commit finished the request.
+        update decides in the same transaction whether this commit finished the request
+        (and, when it did, queues the request's webhook in the same commit).
         """
-        now = utcnow()
-        values: dict[str, Any] = {"updated_at": now}
+        succeeded = isinstance(outcome, ImageSuccess)
+        values: dict[str, Any] = {
+            "p_image_id": image_id, "p_output_path": None, "p_bytes_out": None,
+            "p_width": None, "p_height": None, "p_error": None,
+            "p_status": (ImageState.COMPLETED if succeeded else ImageState.FAILED).value,
+            "p_bytes_in": outcome.bytes_in,
+        }
         if isinstance(outcome, ImageSuccess):
-            values.update(status=ImageState.COMPLETED.value, error=None,
-                          output_path=outcome.output_path, bytes_in=outcome.bytes_in,
-                          bytes_out=outcome.bytes_out, width=outcome.width,
-                          height=outcome.height)
+            values.update(p_output_path=outcome.output_path, p_bytes_out=outcome.bytes_out,
+                          p_width=outcome.width, p_height=outcome.height)
         else:
-            values.update(status=ImageState.FAILED.value, error=outcome.reason,
-                          bytes_in=outcome.bytes_in)
-        async with self._sessions.begin() as session:
-            request_id = await session.scalar(
-                update(ImageRecord)
-                .where(ImageRecord.id == image_id, ImageRecord.status.in_(_OPEN_IMAGE_STATES))
-                .values(**values)
-                .returning(ImageRecord.request_id)
-            )
-            if request_id is None:
+            values.update(p_error=outcome.reason)
+
+        def work(connection: Connection) -> ImageChange | None:
+            now = utcnow()
+            image = connection.execute(_FINISH_IMAGE, {**values, "p_now": now}).one_or_none()
+            if image is None:
                 return None
-            succeeded = isinstance(outcome, ImageSuccess)
-            counters = await self._bump_request(session, request_id, now,
-                                                completed=int(succeeded),
-                                                failed=int(not succeeded))
+            counters = _bump_request(connection, image.request_id, now,
+                                     completed=int(succeeded), failed=int(not succeeded))
             if counters is None:
                 return None
-            if counters.status in TERMINAL_REQUEST_STATES:
-                await self._schedule_webhook(session, request_id, counters.status, now)
-            image = await self._image_view(session, image_id)
-        return ImageChange(request_id=request_id, image=image, counters=counters,
-                           finished_request=counters.status in TERMINAL_REQUEST_STATES)
+            return ImageChange(request_id=image.request_id, image=_image_view(image),
+                               counters=counters,
+                               finished_request=counters.status in TERMINAL_REQUEST_STATES)
 
-    async def _schedule_webhook(self, session: AsyncSession, request_id: str,
-                                status: RequestState, now: datetime) -> None:
-        """The outbox row for the completion webhook, committed with the completion itself."""
-        url = await session.scalar(
-            select(RequestRecord.webhook_url).where(RequestRecord.id == request_id))
-        if not url:
-            return
-        session.add(WebhookDelivery(
-            id=webhook_message_id(request_id, status.value), request_id=request_id,
-            event_type=f"request.{status.value}", url=url, state="pending", attempts=0,
-            next_attempt_at=now, created_at=now))
-
-    async def _bump_request(
-        self, session: AsyncSession, request_id: str, now: datetime, *, completed: int,
-        failed: int,
-    ) -> RequestCounters | None:
-        done_after = RequestRecord.completed + completed + RequestRecord.failed + failed
-        finished = done_after >= RequestRecord.total
-        row = (await session.execute(
-            update(RequestRecord)
-            .where(RequestRecord.id == request_id,
-                   RequestRecord.status.in_(_OPEN_REQUEST_STATES))
-            .values(
-                completed=RequestRecord.completed + completed,
-                failed=RequestRecord.failed + failed,
-                version=RequestRecord.version + 1,
-                updated_at=now,
-                status=case(
-                    (finished & (RequestRecord.completed + completed > 0),
-                     RequestState.COMPLETED.value),
-                    (finished, RequestState.FAILED.value),
-                    else_=RequestState.PROCESSING.value,
-                ),
-                completed_at=case((finished, now), else_=RequestRecord.completed_at),
-            )
-            .returning(RequestRecord.status, RequestRecord.total, RequestRecord.completed,
-                       RequestRecord.failed, RequestRecord.version)
-        )).one_or_none()
-        if row is None:
-            return None
-        return RequestCounters(status=RequestState(row.status), total=row.total,
-                               completed=row.completed, failed=row.failed, version=row.version)
-
-    async def _image_view(self, session: AsyncSession, image_id: str) -> ImageView:
-        row = (await session.execute(
-            select(ImageRecord, ProductRecord.product_name)
-            .join(ProductRecord, ProductRecord.id == ImageRecord.product_id)
-            .where(ImageRecord.id == image_id)
-        )).one()
-        return _image_view(row[0], row[1])
+        return await self._writes.run(work)
 
     async def get_request(self, request_id: str, *, include_images: bool = True,
                           ) -> RequestView | None:
@@ -242,12 +282,11 @@ class Repository:
             images: list[ImageView] = []
             if include_images:
                 rows = (await session.execute(
-                    select(ImageRecord, ProductRecord.product_name)
-                    .join(ProductRecord, ProductRecord.id == ImageRecord.product_id)
-                    .where(ImageRecord.request_id == request_id)
-                    .order_by(ImageRecord.serial_number, ImageRecord.position)
+                    select(*_IMAGE_COLUMNS)
+                    .where(_images.c.request_id == request_id)
+                    .order_by(_images.c.serial_number, _images.c.position)
                 )).all()
-                images = [_image_view(image, name) for image, name in rows]
+                images = [_image_view(row) for row in rows]
         return _request_view(record, images, _webhook_view(record, delivery))
 
     async def list_requests(self, *, limit: int) -> list[RequestView]:
@@ -284,12 +323,12 @@ class Repository:
             )).all()
 
 
-def _image_view(record: ImageRecord, product_name: str) -> ImageView:
+def _image_view(row: Row[Any, *tuple[Any, ...]]) -> ImageView:
     return ImageView(
-        image_id=record.id, serial_number=record.serial_number, product_name=product_name,
-        position=record.position, input_url=record.input_url,
-        status=ImageState(record.status), error=record.error, output_path=record.output_path,
-        bytes_in=record.bytes_in, bytes_out=record.bytes_out,
+        image_id=row.id, serial_number=row.serial_number, product_name=row.product_name or "",
+        position=row.position, input_url=row.input_url, status=ImageState(row.status),
+        error=row.error, output_path=row.output_path, bytes_in=row.bytes_in,
+        bytes_out=row.bytes_out,
     )
 
 
