@@ -64,7 +64,8 @@ check-protos: protos
 
 ## Throughput benchmark: end-to-end images/s against raw Pillow on the same images.
 bench: $(STAMP)
-	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.pipeline $(BENCH_ARGS)
+	$(BIN)/python -m bench.watchers
 
 clean:
 	rm -rf $(VENV) pixpipe-data .tools .pytest_cache .mypy_cache .ruff_cache

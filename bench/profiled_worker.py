@@ -1,0 +1,185 @@
+"""A pixpipe worker that times each stage of a job (``python -m bench.pipeline --profile``).
+
+It runs ``services.worker.main`` unchanged after wrapping the stage functions with wall-clock
+timers. SIGUSR1 writes the timings gathered since the last SIGUSR1 to
+``$PIXPIPE_BENCH_PROFILE_DIR/<pid>.json`` and starts afresh, so the benchmark can leave the
+warm-up out. Nothing here changes what the worker does, only how long each step is seen to take.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from nats.aio.msg import Msg
+from sqlalchemy import event
+from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection
+from sqlalchemy.engine import Engine
+
+import services.worker.main as worker_main
+from pixpipe.bus import Bus
+from pixpipe.db.repository import Repository
+from pixpipe.events import EventPublisher
+from pixpipe.fetcher import SafeFetcher
+from pixpipe.storage import ImageStore
+from services.worker.consumer import JobConsumer
+from services.worker.processor import CodecPool
+
+PROFILE_DIR_VARIABLE = "PIXPIPE_BENCH_PROFILE_DIR"
+# Comma-separated candidate fixes to try without touching the services (see EXPERIMENTS).
+EXPERIMENTS_VARIABLE = "PIXPIPE_BENCH_EXPERIMENTS"
+JOB_STAGE = "job (_settle, whole)"
+LOOP_LAG_STAGE = "event-loop lag (10 ms timer)"
+WRITE_LOCK_STAGE = "sqlite write lock held (first write → commit done)"
+_LAG_PERIOD = 0.010
+_TABLES = frozenset({"images", "requests", "products", "webhook_deliveries"})
+
+_timings: defaultdict[str, list[float]] = defaultdict(list)
+
+
+def _timed(stage: str, function: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(function)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await function(*args, **kwargs)
+        finally:
+            _timings[stage].append(time.perf_counter() - started)
+    return wrapper
+
+
+def _wrap(owner: type, name: str, stage: str) -> None:
+    setattr(owner, name, _timed(stage, getattr(owner, name)))
+
+
+def _time_statements() -> None:
+    """Wall time of each SQL statement, waits for the SQLite lock included (every engine),
+    and how long a transaction holds SQLite's write lock (its first write to its commit)."""
+    locked_at: dict[int, float] = {}
+
+    def before(conn: Any, _cursor: Any, _statement: str, _parameters: Any, context: Any,
+               _executemany: bool) -> None:
+        context._bench_started = time.perf_counter()
+
+    def after(conn: Any, _cursor: Any, statement: str, _parameters: Any, context: Any,
+              _executemany: bool) -> None:
+        now = time.perf_counter()
+        words = statement.split()
+        verb = words[0].upper()
+        table = next((word for word in words[1:6] if word in _TABLES), "?")
+        _timings[f"sql {verb} {table}"].append(now - context._bench_started)
+        if verb in ("INSERT", "UPDATE", "DELETE"):
+            locked_at.setdefault(id(conn.connection.dbapi_connection), now)
+
+    event.listen(Engine, "before_cursor_execute", before)
+    event.listen(Engine, "after_cursor_execute", after)
+
+    commit = AsyncAdapt_aiosqlite_connection.commit
+    rollback = AsyncAdapt_aiosqlite_connection.rollback
+
+    def timed_commit(self: AsyncAdapt_aiosqlite_connection) -> None:
+        started = time.perf_counter()
+        try:
+            commit(self)
+        finally:
+            now = time.perf_counter()
+            _timings["sql COMMIT"].append(now - started)
+            first_write = locked_at.pop(id(self), None)
+            if first_write is not None:
+                _timings[WRITE_LOCK_STAGE].append(now - first_write)
+
+    def forgetting_rollback(self: AsyncAdapt_aiosqlite_connection) -> None:
+        locked_at.pop(id(self), None)
+        rollback(self)
+
+    AsyncAdapt_aiosqlite_connection.commit = timed_commit  # type: ignore[method-assign]
+    AsyncAdapt_aiosqlite_connection.rollback = forgetting_rollback  # type: ignore[method-assign]
+
+
+def _serialise_writes() -> None:
+    """One write transaction at a time per process, queued on an asyncio.Lock.
+
+    SQLite admits one writer per file; without this, each of a worker's pooled connections
+    waits for the file lock in SQLite's busy handler, which sleeps 1, 2, 5, 10 … 100 ms between
+    tries instead of waking when the lock is free.
+    """
+    lock = asyncio.Lock()
+
+    def locked(function: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(function)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            async with lock:
+                return await function(*args, **kwargs)
+        return wrapper
+
+    for name in ("start_image", "finish_image", "note_retry"):
+        setattr(Repository, name, locked(getattr(Repository, name)))
+
+
+EXPERIMENTS: dict[str, Callable[[], None]] = {"write-lock": _serialise_writes}
+
+
+def _install() -> None:
+    for name in filter(None, os.environ.get(EXPERIMENTS_VARIABLE, "").split(",")):
+        EXPERIMENTS[name.strip()]()
+    _wrap(JobConsumer, "_settle", JOB_STAGE)
+    _wrap(Repository, "start_image", "repository.start_image")
+    _wrap(Repository, "finish_image", "repository.finish_image")
+    _wrap(Repository, "get_request", "repository.get_request")
+    _wrap(EventPublisher, "image_changed", "events.image_changed (all)")
+    _wrap(EventPublisher, "request_finished", "events.request_finished")
+    _wrap(Bus, "publish_event", "bus.publish_event")
+    _wrap(SafeFetcher, "fetch", "fetcher.fetch")
+    _wrap(CodecPool, "transform", "codec.transform (queue + Pillow)")
+    _wrap(ImageStore, "save", "store.save")
+    _wrap(Msg, "ack", "message.ack")
+
+    _time_statements()
+
+    run = JobConsumer.run
+
+    async def run_with_lag_probe(self: JobConsumer, stop: asyncio.Event) -> None:
+        probe = asyncio.create_task(_probe_loop_lag())
+        try:
+            await run(self, stop)
+        finally:
+            probe.cancel()
+
+    JobConsumer.run = run_with_lag_probe  # type: ignore[method-assign]
+
+
+async def _probe_loop_lag() -> None:
+    # How late a 10 ms timer fires: time every ready callback waits for the loop's thread.
+    while True:
+        started = time.perf_counter()
+        await asyncio.sleep(_LAG_PERIOD)
+        _timings[LOOP_LAG_STAGE].append(time.perf_counter() - started - _LAG_PERIOD)
+
+
+def _dump(_signum: int, _frame: FrameType | None) -> None:
+    directory = Path(os.environ[PROFILE_DIR_VARIABLE])
+    snapshot = {stage: list(values) for stage, values in _timings.items()}
+    _timings.clear()
+    temporary = directory / f".{os.getpid()}.json"
+    temporary.write_text(json.dumps(snapshot))
+    temporary.replace(directory / f"{os.getpid()}.json")
+
+
+def main() -> None:
+    Path(os.environ[PROFILE_DIR_VARIABLE]).mkdir(parents=True, exist_ok=True)
+    _install()
+    signal.signal(signal.SIGUSR1, _dump)
+    worker_main.main()
+
+
+if __name__ == "__main__":
+    main()
