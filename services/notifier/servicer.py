@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -102,10 +103,11 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
         held: dict[int, status_pb2.WatchStatusResponse] = {}
         while True:
             wait = self._reorder_seconds if held else self._resync_seconds
-            try:
-                event = await asyncio.wait_for(queue.get(), timeout=wait)
-            except TimeoutError:
-                event = None
+            # asyncio.timeout rather than wait_for: no extra task per event per watcher.
+            event = None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    event = await queue.get()
             if event is not None and event.WhichOneof("event") == "completed":
                 yield await self._full_completion(request_id, event)
                 return

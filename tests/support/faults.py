@@ -90,11 +90,25 @@ async def wait_for_terminal(stack: RunningStack, request_id: str,
         await asyncio.sleep(0.2)
 
 
-async def completion_events(nats_url: str, request_id: str) -> int:
-    """How many completion events the events stream holds for the request."""
+async def completion_events(nats_url: str, request_id: str, seconds: float = 60.0) -> int:
+    """How many completion events the events stream holds for the request.
+
+    Retried: right after a fault a replicated stream may still be electing its leader.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return await _count_completion_events(nats_url, request_id)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def _count_completion_events(nats_url: str, request_id: str) -> int:
     client = await nats.connect(nats_url.split(","))
     try:
-        js = client.jetstream()
+        js = client.jetstream(timeout=15)
         subject = events_subject(request_id)
         info = await js.stream_info(EVENTS_STREAM, subjects_filter=subject)
         total = (info.state.subjects or {}).get(subject, 0)
