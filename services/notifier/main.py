@@ -9,6 +9,7 @@ from pixpipe.bus import Bus
 from pixpipe.db.engine import engine_from_settings, session_factory
 from pixpipe.db.repository import Repository
 from pixpipe.db.webhooks import WebhookRepository
+from pixpipe.events import EventPublisher, republish_completions
 from pixpipe.grpc_server import GrpcServer
 from pixpipe.metrics import NotifierMetrics, serve_metrics
 from pixpipe.runtime import configure_logging, run_until_signalled
@@ -36,6 +37,7 @@ class Notifier:
         self.dispatcher = WebhookDispatcher(settings, self.repository, self.webhooks,
                                             self._sender, self.metrics)
         self._gauges: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._deliveries: asyncio.Task[None] | None = None
         self.hub: EventHub | None = None
@@ -55,6 +57,8 @@ class Notifier:
         self._deliveries = asyncio.create_task(self.dispatcher.run(self._stop))
         self._gauges = asyncio.create_task(keep_gauges_current(
             self.metrics, self._bus, self.webhooks, self.hub, self._stop))
+        self._sweeper = asyncio.create_task(republish_completions(
+            EventPublisher(self._bus, self.repository), self.repository, self._stop))
         serve_metrics(self.metrics.registry, settings.bind_host, settings.metrics_port)
         self.server = GrpcServer(host=settings.bind_host, port=settings.status_port,
                                  api_token=settings.api_token)
@@ -73,6 +77,8 @@ class Notifier:
             await self._deliveries
         if self._gauges is not None:
             await self._gauges
+        if self._sweeper is not None:
+            await self._sweeper
         await self._sender.aclose()
         if self.hub is not None:
             await self.hub.stop()

@@ -9,8 +9,9 @@ import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 
-from pixpipe.codec import TransformOptions, TransformResult, transform_image
+from pixpipe.codec import TransformOptions, transform_image
 from pixpipe.domain import ImageFailure, ImageJob, ImageOutcome, ImageSuccess
 from pixpipe.errors import DecodeError, FetchError
 from pixpipe.fetcher import SafeFetcher
@@ -51,6 +52,26 @@ def _prepare_codec_process() -> None:
     os.nice(CODEC_NICENESS)
 
 
+@dataclass(frozen=True)
+class StoredImage:
+    """What the codec process reports back: the file it wrote, not the bytes."""
+
+    relative_path: str
+    bytes_out: int
+    width: int
+    height: int
+
+
+def transform_and_store(source: bytes, options: TransformOptions, store: ImageStore,
+                        request_id: str, image_id: str) -> StoredImage:
+    """Runs in a codec process: the output is written there, so it never crosses the pipe."""
+    result = transform_image(source, options)
+    relative_path = store.relative_path(request_id, image_id, result.extension)
+    store.write(relative_path, result.data)
+    return StoredImage(relative_path=relative_path, bytes_out=len(result.data),
+                       width=result.width, height=result.height)
+
+
 class CodecPool:
     """Runs Pillow in worker processes so the event loop never blocks and every core works."""
 
@@ -64,10 +85,12 @@ class CodecPool:
                                    mp_context=multiprocessing.get_context("forkserver"),
                                    initializer=_prepare_codec_process)
 
-    async def transform(self, data: bytes, options: TransformOptions) -> TransformResult:
+    async def transform_and_store(self, data: bytes, options: TransformOptions,
+                                  store: ImageStore, job: ImageJob) -> StoredImage:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, transform_image, data, options)
+            return await loop.run_in_executor(self._executor, transform_and_store, data,
+                                              options, store, job.request_id, job.image_id)
         except BrokenProcessPool:
             # A codec process died (out of memory, a crash in a native decoder): start afresh.
             log.error("codec process pool broke; restarting it")
@@ -97,13 +120,10 @@ class ImageProcessor:
             return ImageFailure(reason=error.reason)
         bytes_in = len(fetched.content)
         try:
-            result = await self._codec.transform(fetched.content,
-                                                 transform_options(job, self._settings))
+            stored = await self._codec.transform_and_store(
+                fetched.content, transform_options(job, self._settings), self._store, job)
         except DecodeError as error:
             return ImageFailure(reason=error.reason, bytes_in=bytes_in)
-        relative_path = self._store.relative_path(job.request_id, job.image_id,
-                                                  result.extension)
-        await self._store.save(relative_path, result.data)
-        return ImageSuccess(output_path=relative_path, bytes_in=bytes_in,
-                            bytes_out=len(result.data), width=result.width,
-                            height=result.height)
+        return ImageSuccess(output_path=stored.relative_path, bytes_in=bytes_in,
+                            bytes_out=stored.bytes_out, width=stored.width,
+                            height=stored.height)

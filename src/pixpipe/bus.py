@@ -144,6 +144,16 @@ class Bus:
                 for job in batch
             ))
 
-    async def publish_event(self, request_id: str, payload: bytes, *, message_id: str) -> None:
-        await self.js.publish(events_subject(request_id), payload,
-                              headers={"Nats-Msg-Id": message_id})
+    async def publish_event(self, request_id: str, payload: bytes, *, message_id: str,
+                            confirm: bool = True) -> None:
+        """Publish a status event into PIXPIPE_EVENTS.
+
+        ``confirm=False`` skips waiting for JetStream's acknowledgement: for the many
+        per-image events, which watchers can do without (they resynchronise from the
+        database); the stream still stores them and de-duplicates by message id.
+        """
+        headers = {"Nats-Msg-Id": message_id}
+        if confirm:
+            await self.js.publish(events_subject(request_id), payload, headers=headers)
+        else:
+            await self.client.publish(events_subject(request_id), payload, headers=headers)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from datetime import UTC, datetime, timedelta
 
 from pixpipe.bus import Bus
 from pixpipe.db.repository import Repository
@@ -34,12 +37,29 @@ class EventPublisher:
         try:
             await self._bus.publish_event(
                 change.request_id, image_event(change).SerializeToString(),
-                message_id=f"{change.request_id}.v{change.counters.version}")
-            if change.finished_request:
-                await self.request_finished(change.request_id)
+                message_id=f"{change.request_id}.v{change.counters.version}", confirm=False)
         except Exception:
             log.warning("could not publish event for request %s", change.request_id,
                         exc_info=True)
+        if change.finished_request:
+            await self.publish_completion(change.request_id)
+
+    async def publish_completion(self, request_id: str, *, attempts: int = 5) -> bool:
+        """Publish the completion until JetStream confirms it, then record that.
+
+        Retrying is safe: the message id lets the stream keep exactly one. When every
+        attempt fails, the notifier's sweeper publishes it later (``unpublished_completions``).
+        """
+        for attempt in range(attempts):
+            try:
+                await self.request_finished(request_id)
+                await self._repository.mark_completion_published(request_id)
+                return True
+            except Exception:
+                log.warning("publishing the completion of %s failed (attempt %d)",
+                            request_id, attempt + 1, exc_info=True)
+                await asyncio.sleep(min(0.5 * 2 ** attempt, 5.0))
+        return False
 
     async def request_finished(self, request_id: str) -> None:
         view = await self._repository.get_request(request_id)
@@ -52,3 +72,19 @@ class EventPublisher:
             payload = completion_event(summary).SerializeToString()
         await self._bus.publish_event(request_id, payload,
                                       message_id=completion_message_id(request_id))
+
+
+async def republish_completions(publisher: EventPublisher, repository: Repository,
+                                stop: asyncio.Event, *, grace_seconds: float = 10.0,
+                                interval: float = 5.0) -> None:
+    """Publish completions whose worker died (or gave up) between commit and publish."""
+    while not stop.is_set():
+        try:
+            finished_before = datetime.now(UTC) - timedelta(seconds=grace_seconds)
+            for request_id in await repository.unpublished_completions(
+                    finished_before=finished_before):
+                await publisher.publish_completion(request_id, attempts=1)
+        except Exception:
+            log.warning("sweeping unpublished completions failed", exc_info=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)

@@ -22,7 +22,11 @@ class ImageStore:
         return self.root / relative_path
 
     async def save(self, relative_path: str, data: bytes) -> None:
-        await asyncio.to_thread(self._write_atomically, self.absolute_path(relative_path), data)
+        await asyncio.to_thread(self.write, relative_path, data)
+
+    def write(self, relative_path: str, data: bytes) -> None:
+        """Blocking; for threads and codec processes."""
+        self._write_atomically(self.absolute_path(relative_path), data)
 
     @staticmethod
     def _write_atomically(target: Path, data: bytes) -> None:

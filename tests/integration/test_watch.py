@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 
 import grpc
 import pytest
@@ -116,3 +117,37 @@ async def test_notifier_gauges_follow_queue_backlog_and_watchers(
     await refresh_gauges(notifier.metrics, bus, notifier.webhooks, notifier.hub)
     assert notifier.metrics.watchers._value.get() == 0
     assert notifier.metrics.webhook_backlog._value.get() >= 0
+
+
+async def test_a_completion_left_unpublished_is_published_by_the_sweeper(
+        repository: Repository, bus: Bus) -> None:
+    """A worker that died between its commit and the publish: the notifier's sweep covers it."""
+    from pixpipe.events import republish_completions
+
+    request_id, jobs = await repository.create_request(
+        parse_products_csv(CSV), options=RequestOptions(), webhook_url=None, file_name="s.csv")
+    changes = [await repository.finish_image(job.image_id, ImageSuccess(
+        output_path="x.jpg", bytes_in=2, bytes_out=1, width=1, height=1)) for job in jobs]
+    assert changes[-1] is not None and changes[-1].finished_request  # nobody published it
+
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def collect(message) -> None:
+        if message.headers and message.headers.get("Nats-Msg-Id", "").endswith(".completed"):
+            await received.put(message.data)
+
+    subscription = await bus.client.subscribe(f"pixpipe.events.{request_id}", cb=collect)
+    stop = asyncio.Event()
+    sweeping = asyncio.create_task(republish_completions(
+        EventPublisher(bus, repository), repository, stop, grace_seconds=0, interval=0.1))
+    try:
+        payload = await asyncio.wait_for(received.get(), timeout=10)
+    finally:
+        stop.set()
+        await sweeping
+        await subscription.unsubscribe()
+    event = status_pb2.WatchStatusResponse()
+    event.ParseFromString(payload)
+    assert event.WhichOneof("event") == "completed" and event.completed.completed == 2
+    assert request_id not in await repository.unpublished_completions(
+        finished_before=datetime.now(UTC))

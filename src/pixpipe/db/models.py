@@ -52,6 +52,9 @@ class RequestRecord(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Set once JetStream confirmed the completion event; a sweeper publishes any left unset.
+    completion_published_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, index=True)
 
     products: Mapped[list[ProductRecord]] = relationship(back_populates="request")
 

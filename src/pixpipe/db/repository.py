@@ -315,6 +315,23 @@ class Repository:
             outputs.setdefault(product_id, []).append(output_path)
         return [(list(cells), outputs.get(product_id, [])) for product_id, cells in products]
 
+    async def mark_completion_published(self, request_id: str) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(RequestRecord).where(RequestRecord.id == request_id)
+                .values(completion_published_at=utcnow()))
+
+    async def unpublished_completions(self, *, finished_before: datetime,
+                                      limit: int = 100) -> Sequence[str]:
+        """Terminal requests whose completion event was never confirmed."""
+        async with self._sessions() as session:
+            return (await session.scalars(
+                select(RequestRecord.id)
+                .where(RequestRecord.status.in_([s.value for s in TERMINAL_REQUEST_STATES]),
+                       RequestRecord.completion_published_at.is_(None),
+                       RequestRecord.updated_at < finished_before)
+                .limit(limit))).all()
+
     async def open_image_ids(self, request_id: str) -> Sequence[str]:
         async with self._sessions() as session:
             return (await session.scalars(
