@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -123,20 +124,42 @@ class Stack:
         self.processes.clear()
 
 
+def stop_on_signals() -> Callable[[], bool]:
+    """Catch SIGINT and SIGTERM; the returned function says whether one has arrived."""
+    received: list[int] = []
+
+    def record(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+
+    signal.signal(signal.SIGTERM, record)
+    signal.signal(signal.SIGINT, record)
+    return lambda: bool(received)
+
+
+def run_until_stopped(stack: Stack, stop_requested: Callable[[], bool]) -> None:
+    """Keep the stack up until a signal arrives or one of its processes exits; then stop it."""
+    try:
+        while not stop_requested():
+            exited = [(name, process.returncode) for name, process in stack.processes.items()
+                      if process.poll() is not None]
+            if exited:
+                print(f"{exited[0][0]} exited with code {exited[0][1]}; stopping",
+                      file=sys.stderr)
+                break
+            time.sleep(0.5)
+    finally:
+        print("stopping pixpipe…", flush=True)
+        stack.stop()
+        print("stopped.", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run every pixpipe service on this machine.")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     args = parser.parse_args()
     settings = Settings()
     stack = Stack(settings=settings, workers=args.workers)
-    stopping = False
-
-    def request_stop(_signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop_requested = stop_on_signals()
     stack.start()
     host = settings.bind_host
     print("pixpipe is running:", flush=True)
@@ -147,18 +170,7 @@ def main() -> None:
     print(f"  database       {settings.resolved_database_url}")
     print(f"  workers        {args.workers}")
     print("Press Ctrl-C to stop.", flush=True)
-    try:
-        while not stopping:
-            for name, process in stack.processes.items():
-                if process.poll() is not None:
-                    print(f"{name} exited with code {process.returncode}; stopping",
-                          file=sys.stderr)
-                    stopping = True
-            time.sleep(0.5)
-    finally:
-        print("stopping pixpipe…", flush=True)
-        stack.stop()
-        print("stopped.", flush=True)
+    run_until_stopped(stack, stop_requested)
 
 
 if __name__ == "__main__":

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
 from pixpipe.dev.local_postgres import throwaway_postgres
 from pixpipe.dev.nats_cluster import nats_cluster
 from pixpipe.settings import Settings
-from pixpipe.stack import Stack
+from pixpipe.stack import Stack, run_until_stopped, stop_on_signals
 
 
 @contextlib.contextmanager
@@ -34,14 +30,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=3)
     args = parser.parse_args()
     base = Settings()
-    stopping = False
-
-    def request_stop(_signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop_requested = stop_on_signals()
     root = Path(tempfile.mkdtemp(prefix="pixpipe-cluster-"))
     with nats_cluster(root / "nats") as cluster, database(base) as url:
         settings = base.model_copy(update={"nats_url": cluster.url, "database_url": url,
@@ -59,12 +48,7 @@ def main() -> None:
         print(f"  REST gateway   http://{settings.bind_host}:{settings.gateway_port}")
         print(f"  logs           {root / 'logs'}")
         print("Press Ctrl-C to stop.", flush=True)
-        try:
-            while not stopping:
-                time.sleep(0.5)
-        finally:
-            stack.stop()
-    print("stopped.", file=sys.stderr)
+        run_until_stopped(stack, stop_requested)
 
 
 if __name__ == "__main__":
