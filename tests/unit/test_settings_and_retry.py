@@ -51,3 +51,12 @@ def test_retry_delay_follows_the_schedule_with_bounded_jitter() -> None:
         assert all(step * 0.8 <= delay <= step * 1.2 for delay in delays)
         assert len(set(delays)) > 1
     assert retry_delay([], 3) == 0.0
+
+
+def test_the_readme_documents_every_setting() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    undocumented = [name for name in Settings.model_fields
+                    if f"PIXPIPE_{name.upper()}" not in readme]
+    assert not undocumented, f"README's configuration table lacks {undocumented}"
