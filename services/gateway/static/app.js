@@ -373,9 +373,23 @@
   let recentTimer = null;
 
   let recentRequests = [];
+  let liveCounters = null;
+
+  /** A list fetched before the latest live event must not roll the open request back. */
+  function withLiveCounters(requests) {
+    if (!liveCounters) return requests;
+    return requests.map((item) => {
+      if (item.request_id !== liveCounters.request_id) return item;
+      const listedDone = (item.completed || 0) + (item.failed || 0);
+      const liveDone = liveCounters.completed + liveCounters.failed;
+      return liveDone >= listedDone ? { ...item, ...liveCounters } : item;
+    });
+  }
 
   /** The open request's entry follows the live view rather than the last refresh. */
   function syncRecent(request) {
+    liveCounters = { request_id: request.request_id, status: request.status,
+      total: request.total, completed: request.completed, failed: request.failed };
     const item = recentRequests.find((entry) => entry.request_id === request.request_id);
     if (!item || (item.status === request.status && item.completed === request.completed &&
         item.failed === request.failed && item.total === request.total)) return;
@@ -419,7 +433,7 @@
     try {
       const answer = await apiJson(`/requests?limit=${RECENT_LIMIT}`);
       if (call !== recentCalls) return; // a later refresh is on its way
-      renderRecent(Array.isArray(answer.requests) ? answer.requests : []);
+      renderRecent(withLiveCounters(Array.isArray(answer.requests) ? answer.requests : []));
       recentEmpty.textContent = "No requests yet.";
     } catch (error) {
       if (!(error instanceof ApiError)) throw error;
