@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.infrastructure import NatsServer, database_for_tests, nats_for_tests
+from tests.support.paths import corpus_root
 
-CORPUS_DIR = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+CORPUS_DIR = corpus_root()
 
 
 def pytest_report_header() -> list[str]:

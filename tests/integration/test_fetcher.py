@@ -7,7 +7,6 @@ import ipaddress
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +15,9 @@ from pixpipe.fetcher import FetchPolicy, SafeFetcher
 from pixpipe.net_policy import IPAddress
 from pixpipe.settings import Settings
 from tests.support.http_server import CorpusHttpServer, Exchange
+from tests.support.paths import corpus_root
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
+CORPUS = corpus_root()
 ROCKET = CORPUS / "photos" / "rocket.jpg"
 LOOPBACK_OPEN = FetchPolicy(allow_private_networks=True, timeout_seconds=10.0)
 

@@ -15,8 +15,9 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
-# The repository is cloned with shared/ beside it.
-DEFAULT_CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
+from tests.support.paths import corpus_root
+
+DEFAULT_CORPUS = corpus_root()
 
 Route = Callable[["Exchange"], None]
 

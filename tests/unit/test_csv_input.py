@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from pixpipe.csv_input import ParsedCsv, ProductRow, parse_products_csv
 from pixpipe.errors import CsvFault, CsvValidationError
+from tests.support.paths import corpus_root
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "products.csv"
+CORPUS = corpus_root() / "products.csv"
 HEADER = "S. No.,Product Name,Input Image Urls\n"
 A = "https://img.example/a.jpg"
 B = "http://img.example/b.png"
