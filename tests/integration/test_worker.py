@@ -181,17 +181,23 @@ async def test_worker_metrics_count_outcomes_and_failure_reasons(
     from pixpipe.embedded_nats import free_port
 
     port = free_port()
+
+    def value(text: str, sample: str) -> float:
+        line = next(line for line in text.splitlines() if line.startswith(sample + " "))
+        return float(line.rsplit(" ", 1)[1])
+
     async with running_worker(make_settings(metrics_port=port)):
         request_id = await submit(repository, bus, [
             http_server.url("/photos/rocket.jpg"), http_server.url("/missing.jpg")])
         await wait_terminal(repository, request_id)
         async with httpx.AsyncClient() as client:
-            text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
-    def value(sample: str) -> float:
-        # Jobs left over from earlier tests on the shared session server may count too.
-        line = next(line for line in text.splitlines() if line.startswith(sample + " "))
-        return float(line.rsplit(" ", 1)[1])
+            # Jobs left over from earlier tests on a shared server may be counted, or be in
+            # flight for a moment; the gauge must come back to zero.
+            deadline = time.monotonic() + 30
+            while value(text := (await client.get(f"http://127.0.0.1:{port}/metrics")).text,
+                        "pixpipe_jobs_in_flight") != 0:
+                assert time.monotonic() < deadline, "jobs stayed in flight"
+                await asyncio.sleep(0.1)
 
-    assert value('pixpipe_images_total{outcome="completed"}') >= 1
-    assert value('pixpipe_image_failures_total{reason="HTTP 404 from source"}') >= 1
-    assert value("pixpipe_jobs_in_flight") == 0
+    assert value(text, 'pixpipe_images_total{outcome="completed"}') >= 1
+    assert value(text, 'pixpipe_image_failures_total{reason="HTTP 404 from source"}') >= 1
