@@ -78,9 +78,7 @@ class WebhookSender:
                     url, content=body, headers=signed_headers(self._secret, message_id, body))
         except AddressNotAllowed:
             return result(error="receiver address not allowed"), None, False
-        except TimeoutError:
-            return result(error=f"timed out after {self._timeout:g} s"), None, True
-        except httpx.TimeoutException:
+        except (TimeoutError, httpx.TimeoutException):
             return result(error=f"timed out after {self._timeout:g} s"), None, True
         except (httpx.HTTPError, OSError) as error:
             return result(error=f"could not connect: {type(error).__name__}"), None, True

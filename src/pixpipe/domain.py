@@ -26,7 +26,6 @@ class ImageState(StrEnum):
     FAILED = "failed"
 
 
-TERMINAL_IMAGE_STATES = (ImageState.COMPLETED, ImageState.FAILED)
 TERMINAL_REQUEST_STATES = (RequestState.COMPLETED, RequestState.FAILED)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import tempfile
 from pathlib import Path
@@ -21,11 +20,8 @@ class ImageStore:
     def absolute_path(self, relative_path: str) -> Path:
         return self.root / relative_path
 
-    async def save(self, relative_path: str, data: bytes) -> None:
-        await asyncio.to_thread(self.write, relative_path, data)
-
     def write(self, relative_path: str, data: bytes) -> None:
-        """Blocking; for threads and codec processes."""
+        """Blocking: the codec processes call it, off any event loop."""
         self._write_atomically(self.absolute_path(relative_path), data)
 
     @staticmethod

@@ -332,12 +332,6 @@ class Repository:
                        RequestRecord.updated_at < finished_before)
                 .limit(limit))).all()
 
-    async def open_image_ids(self, request_id: str) -> Sequence[str]:
-        async with self._sessions() as session:
-            return (await session.scalars(
-                select(ImageRecord.id).where(ImageRecord.request_id == request_id,
-                                             ImageRecord.status.in_(_OPEN_IMAGE_STATES))
-            )).all()
 
 
 def _image_view(row: Row[Any, *tuple[Any, ...]]) -> ImageView:

@@ -57,13 +57,6 @@ class WebhookRepository:
                 select(func.count()).select_from(WebhookDelivery)
                 .where(WebhookDelivery.state == "pending")) or 0)
 
-    async def next_due_at(self) -> datetime | None:
-        async with self._sessions() as session:
-            return await session.scalar(
-                select(WebhookDelivery.next_attempt_at)
-                .where(WebhookDelivery.state == "pending")
-                .order_by(WebhookDelivery.next_attempt_at).limit(1))
-
     async def lease(self, delivery_id: str, *, owner: str, seconds: float,
                     ) -> LeasedDelivery | None:
         """Take the delivery for ``seconds``; None when another notifier holds it or it is done.
