@@ -17,10 +17,11 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pixpipe.client import PixpipeClient, ServerAddresses
 from pixpipe.domain import OutputFormat
 from pixpipe.settings import Settings
 from pixpipe.status_messages import FORMATS_TO_PROTO, PROCESSED_IMAGES_ROUTE, request_to_json
-from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc, options_pb2, status_pb2, status_pb2_grpc
+from pixpipe.v1 import ingest_pb2, options_pb2, status_pb2
 from services.gateway import examples
 from services.gateway.errors import (
     GRPC_CODE_FOR_HTTP,
@@ -35,22 +36,6 @@ STATIC_DIR = Path(__file__).with_name("static")
 # The page and its assets are public; the API calls it makes carry the token.
 _PUBLIC_PATHS = ("/healthz", "/metrics", "/docs", "/openapi.json", "/static/",
                  PROCESSED_IMAGES_ROUTE)
-
-
-class GrpcClients:
-    """The gateway's channels to the gRPC services, with the API token attached."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.ingest_channel = grpc.aio.insecure_channel(settings.resolved_ingest_address)
-        self.status_channel = grpc.aio.insecure_channel(settings.resolved_status_address)
-        self.ingest = ingest_pb2_grpc.IngestServiceStub(self.ingest_channel)
-        self.status = status_pb2_grpc.StatusServiceStub(self.status_channel)
-        self.metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {settings.api_token}"),) if settings.api_token else ())
-
-    async def close(self) -> None:
-        await self.ingest_channel.close(grace=None)
-        await self.status_channel.close(grace=None)
 
 
 def _upload_messages(upload: UploadFile, metadata: ingest_pb2.UploadMetadata,
@@ -77,18 +62,17 @@ def _processing_options(quality: int | None, max_width: int | None, max_height: 
 
 
 def create_app(settings: Settings) -> FastAPI:
-    clients: GrpcClients | None = None
+    clients: PixpipeClient | None = None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         nonlocal clients
-        clients = GrpcClients(settings)
-        try:
+        addresses = ServerAddresses(ingest=settings.resolved_ingest_address,
+                                    status=settings.resolved_status_address)
+        async with PixpipeClient(addresses, api_token=settings.api_token) as clients:
             yield
-        finally:
-            await clients.close()
 
-    def grpc_clients() -> GrpcClients:
+    def grpc_clients() -> PixpipeClient:
         assert clients is not None, "the app is not started"
         return clients
 
