@@ -21,7 +21,6 @@ from pixpipe.embedded_nats import free_port
 from pixpipe.v1 import status_pb2
 from tests.support.faults import (
     FaultOutcome,
-    batch_csv,
     check_nothing_lost,
     client_for,
     peak_memory_mb,
@@ -29,7 +28,7 @@ from tests.support.faults import (
     wait_for_progress,
 )
 from tests.support.infrastructure import NatsServer
-from tests.support.stack import RunningStack, running_stack, stack_settings
+from tests.support.stack import RunningStack, batch_csv, running_stack, stack_settings
 from tests.support.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.slow

@@ -12,18 +12,13 @@ import pytest
 
 from pixpipe.v1 import status_pb2, status_pb2_grpc
 from tests.support.http_server import CorpusHttpServer
-from tests.support.stack import RunningStack, get_status, upload, wait_until_terminal
-
-PHOTOS = ["rocket.jpg", "coffee.png", "chelsea.png", "camera.png", "logo.png", "astronaut.png"]
-
-
-def batch_csv(server: CorpusHttpServer, products: int, per_product: int = 2) -> bytes:
-    rows = []
-    for serial in range(1, products + 1):
-        urls = ",".join(server.url(f"photos/{PHOTOS[(serial + k) % len(PHOTOS)]}?s={serial}.{k}")
-                        for k in range(per_product))
-        rows.append(f'{serial},Product {serial},"{urls}"')
-    return ("S. No.,Product Name,Input Image Urls\n" + "\n".join(rows) + "\n").encode()
+from tests.support.stack import (
+    RunningStack,
+    batch_csv,
+    get_status,
+    upload,
+    wait_until_terminal,
+)
 
 
 async def watch(address: str, request_id: str) -> list[status_pb2.WatchStatusResponse]:
@@ -47,7 +42,8 @@ def replay(events: list[status_pb2.WatchStatusResponse]) -> dict[str, int]:
 
 async def test_watchers_early_and_late_see_the_same_consistent_story(
         stack: RunningStack, corpus_server: CorpusHttpServer) -> None:
-    answer = await upload(stack.ingest_address, batch_csv(corpus_server, 15))
+    answer = await upload(stack.ingest_address,
+                          batch_csv(corpus_server, 30, tag="live", per_product=2))
     early = [asyncio.create_task(watch(stack.status_address, answer.request_id))
              for _ in range(2)]
     final = await wait_until_terminal(stack.status_address, answer.request_id)
@@ -92,7 +88,8 @@ def parse_sse(text: str) -> list[dict[str, str]]:
 
 async def test_server_sent_events_stream_and_close_after_completion(
         stack: RunningStack, corpus_server: CorpusHttpServer) -> None:
-    answer = await upload(stack.ingest_address, batch_csv(corpus_server, 6))
+    answer = await upload(stack.ingest_address,
+                          batch_csv(corpus_server, 12, tag="sse", per_product=2))
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=120) as client:
         async with client.stream("GET", f"/status/{answer.request_id}/events") as response:
             assert response.status_code == 200

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -42,10 +42,23 @@ def trickling(photo: bytes, seconds: float) -> Callable[[], Iterator[bytes]]:
     return chunks
 
 
-async def start_worker(environment: dict[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
+async def sigterm_mid_download(environment: dict[str, str], server: CorpusHttpServer,
+                               path: str, jobs: int, submit_jobs: Awaitable[str],
+                               ) -> tuple[str, int]:
+    """Start a worker process, submit, SIGTERM it once it fetches every job; returns the
+    request id and the worker's exit code (the worker never outlives the call)."""
+    worker = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.worker.main", env=environment,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        request_id = await submit_jobs
+        await wait_for_fetches(server, path, jobs)
+        worker.send_signal(signal.SIGTERM)
+        return request_id, await asyncio.wait_for(worker.wait(), timeout=30)
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
 
 
 async def wait_for_fetches(server: CorpusHttpServer, path: str, count: int) -> None:
@@ -61,18 +74,10 @@ async def test_sigterm_finishes_the_jobs_in_hand_and_exits_0(
     photo = (corpus_dir / "photos" / "rocket.jpg").read_bytes()
     http_server.stream("/two-seconds.jpg", trickling(photo, 2.0))
     settings = make_settings()
-    worker = await start_worker(worker_environment(
-        settings, PIXPIPE_SHUTDOWN_GRACE_SECONDS="20"))
-    try:
-        request_id = await submit(repository, bus, [
-            http_server.url(f"/two-seconds.jpg?n={n}") for n in range(3)])
-        await wait_for_fetches(http_server, "/two-seconds.jpg", 3)
-        worker.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(worker.wait(), timeout=30)
-    finally:
-        if worker.returncode is None:
-            worker.kill()
-            await worker.wait()
+    request_id, code = await sigterm_mid_download(
+        worker_environment(settings, PIXPIPE_SHUTDOWN_GRACE_SECONDS="20"), http_server,
+        "/two-seconds.jpg", 3,
+        submit(repository, bus, [http_server.url(f"/two-seconds.jpg?n={n}") for n in range(3)]))
     assert code == 0
     view = await repository.get_request(request_id)
     assert view is not None
@@ -87,17 +92,9 @@ async def test_jobs_outlasting_the_grace_period_are_handed_back_at_once(
     photo = (corpus_dir / "photos" / "rocket.jpg").read_bytes()
     http_server.stream("/four-seconds.jpg", trickling(photo, 4.0))
     settings = make_settings()
-    worker = await start_worker(worker_environment(
-        settings, PIXPIPE_SHUTDOWN_GRACE_SECONDS="0.5"))
-    try:
-        request_id = await submit(repository, bus, [http_server.url("/four-seconds.jpg")])
-        await wait_for_fetches(http_server, "/four-seconds.jpg", 1)
-        worker.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(worker.wait(), timeout=30)
-    finally:
-        if worker.returncode is None:
-            worker.kill()
-            await worker.wait()
+    request_id, code = await sigterm_mid_download(
+        worker_environment(settings, PIXPIPE_SHUTDOWN_GRACE_SECONDS="0.5"), http_server,
+        "/four-seconds.jpg", 1, submit(repository, bus, [http_server.url("/four-seconds.jpg")]))
     assert code == 0
     # The job was nak'ed, not left to its 30 s ack wait: another worker takes it right away.
     started = time.monotonic()

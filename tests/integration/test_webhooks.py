@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -18,6 +18,7 @@ import standardwebhooks
 
 from pixpipe.client import verify
 from pixpipe.csv_input import parse_products_csv
+from pixpipe.db.models import WebhookAttempt
 from pixpipe.db.repository import Repository
 from pixpipe.domain import ImageSuccess, RequestOptions
 from pixpipe.settings import Settings
@@ -66,6 +67,12 @@ async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 30.0
         await asyncio.sleep(0.05)
 
 
+async def recorded_attempts(notifier: Notifier, request_id: str) -> Sequence[WebhookAttempt]:
+    delivery = await notifier.webhooks.delivery_for_request(request_id)
+    assert delivery is not None, "no webhook delivery was scheduled"
+    return await notifier.webhooks.attempts(delivery.id)
+
+
 async def delivery_state(repository: Repository, request_id: str) -> tuple[str, int]:
     view = await repository.get_request(request_id)
     assert view is not None and view.webhook is not None
@@ -80,9 +87,7 @@ async def test_failures_are_retried_and_every_attempt_recorded(
             request_id = await finished_request(repository, receiver.url())
             await asyncio.to_thread(receiver.wait_for_success)
             await eventually(lambda: _state_is(repository, request_id, "delivered"))
-            delivery = await notifier.webhooks.delivery_for_request(request_id)
-            assert delivery is not None
-            attempts = await notifier.webhooks.attempts(delivery.id)
+            attempts = await recorded_attempts(notifier, request_id)
             async with grpc.aio.insecure_channel(f"127.0.0.1:{notifier.port}") as channel:
                 status = (await status_pb2_grpc.StatusServiceStub(channel).GetStatus(
                     status_pb2.GetStatusRequest(request_id=request_id), timeout=5)).status
@@ -133,9 +138,7 @@ async def test_a_hanging_receiver_times_out_and_is_retried(
             request_id = await finished_request(repository, receiver.url())
             await asyncio.to_thread(receiver.wait_for_success)
             await eventually(lambda: _state_is(repository, request_id, "delivered"))
-            delivery = await notifier.webhooks.delivery_for_request(request_id)
-            assert delivery is not None
-            attempts = await notifier.webhooks.attempts(delivery.id)
+            attempts = await recorded_attempts(notifier, request_id)
     assert [(a.status_code, a.error) for a in attempts] == [
         (None, "timed out after 0.5 s"), (200, None)]
 

@@ -18,12 +18,9 @@ from pixpipe.client import PixpipeClient, ServerAddresses
 from pixpipe.db.engine import create_engine, session_factory
 from pixpipe.db.models import ImageRecord
 from pixpipe.v1 import status_pb2
-from tests.support.http_server import CorpusHttpServer
 from tests.support.stack import RunningStack
 from tests.support.webhook_receiver import WebhookReceiver
 
-PHOTOS = ["rocket.jpg", "coffee.png", "chelsea.png", "camera.png", "logo.png",
-          "astronaut.png", "hubble_deep_field.jpg", "retina.jpg"]
 TERMINAL = (status_pb2.REQUEST_STATE_COMPLETED, status_pb2.REQUEST_STATE_FAILED)
 
 
@@ -35,17 +32,6 @@ class FaultOutcome:
     lost: int
     duplicated: int
     note: str = ""
-
-
-def batch_csv(server: CorpusHttpServer, images: int, *, tag: str, per_product: int = 5,
-              ) -> bytes:
-    rows = []
-    for serial in range(1, images // per_product + 1):
-        urls = ",".join(
-            server.url(f"photos/{PHOTOS[(serial * per_product + k) % len(PHOTOS)]}"
-                       f"?{tag}={serial}.{k}") for k in range(per_product))
-        rows.append(f'{serial},Product {serial},"{urls}"')
-    return ("S. No.,Product Name,Input Image Urls\n" + "\n".join(rows) + "\n").encode()
 
 
 def client_for(stack: RunningStack) -> PixpipeClient:

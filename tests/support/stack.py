@@ -15,6 +15,7 @@ from pixpipe.embedded_nats import free_port
 from pixpipe.settings import Settings
 from pixpipe.stack import Stack
 from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc, status_pb2, status_pb2_grpc
+from tests.support.http_server import CorpusHttpServer
 
 TERMINAL_STATES = (status_pb2.REQUEST_STATE_COMPLETED, status_pb2.REQUEST_STATE_FAILED)
 
@@ -140,3 +141,18 @@ async def read_rest(call: WatchCall) -> list[status_pb2.WatchStatusResponse]:
     while isinstance(event := await call.read(), status_pb2.WatchStatusResponse):
         events.append(event)
     return events
+
+
+PHOTOS = ["rocket.jpg", "coffee.png", "chelsea.png", "camera.png", "logo.png",
+          "astronaut.png", "hubble_deep_field.jpg", "retina.jpg"]
+
+
+def batch_csv(server: CorpusHttpServer, images: int, *, tag: str, per_product: int = 5,
+              ) -> bytes:
+    rows = []
+    for serial in range(1, images // per_product + 1):
+        urls = ",".join(
+            server.url(f"photos/{PHOTOS[(serial * per_product + k) % len(PHOTOS)]}"
+                       f"?{tag}={serial}.{k}") for k in range(per_product))
+        rows.append(f'{serial},Product {serial},"{urls}"')
+    return ("S. No.,Product Name,Input Image Urls\n" + "\n".join(rows) + "\n").encode()
