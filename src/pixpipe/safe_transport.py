@@ -9,6 +9,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, It
 import httpcore
 import httpx
 
+from pixpipe.asyncio_network import AsyncioBackend
 from pixpipe.net_policy import IPAddress, is_public_address, resolve_allowed_addresses
 
 
@@ -31,7 +32,7 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
     """
 
     def __init__(self, *, allow_private: bool, is_allowed: Callable[[IPAddress], bool]) -> None:
-        self._inner = httpcore.AnyIOBackend()
+        self._inner = AsyncioBackend()
         self._allow_private = allow_private
         self._is_allowed = is_allowed
 

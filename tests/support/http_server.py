@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -37,9 +38,11 @@ class CorpusHttpServer:
     connections, so no thread outlives the server.
     """
 
-    def __init__(self, directory: Path | str = DEFAULT_CORPUS, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, directory: Path | str = DEFAULT_CORPUS, *, host: str = "127.0.0.1",
+                 tls: ssl.SSLContext | None = None) -> None:
         self.directory = Path(directory).resolve()
         self.host = host
+        self.tls = tls
         self.stopping = threading.Event()
         self.requests: list[RecordedRequest] = []
         self._routes: dict[str, Route] = {}
@@ -53,7 +56,8 @@ class CorpusHttpServer:
         return int(self._server.server_address[1])
 
     def url(self, path: str = "/") -> str:
-        return f"http://{self.host}:{self.port}/{path.lstrip('/')}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.port}/{path.lstrip('/')}"
 
     def start(self) -> None:
         self.stopping.clear()
@@ -81,6 +85,11 @@ class CorpusHttpServer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+    def drop_connections(self) -> None:
+        """Hang up every open connection, as a server closing idle keep-alives does."""
+        assert self._server is not None, "server not started"
+        self._server.drop_connections()
 
     # Programmable routes.
 
@@ -205,6 +214,16 @@ class _Server(ThreadingHTTPServer):
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(address, Exchange)
+
+    def get_request(self) -> tuple[Any, Any]:
+        connection, address = super().get_request()
+        if self.app.tls is None:
+            return connection, address
+        try:
+            return self.app.tls.wrap_socket(connection, server_side=True), address
+        except OSError:
+            connection.close()  # a client that refused our certificate
+            raise
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
