@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -16,6 +17,32 @@ from pixpipe.v1 import status_pb2
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class LiveEvent:
+    """One published event, decoded and encoded once for every watcher of its request."""
+
+    message: status_pb2.WatchStatusResponse
+    # The event as published: a serialised WatchStatusResponse, sent to watchers as it is.
+    wire: bytes
+    # The same event as a one-element ``batch``; protobuf merges concatenated messages, so
+    # joining several of these is a valid ``batch`` of all of them.
+    batch_wire: bytes
+
+    @classmethod
+    def decode(cls, data: bytes) -> LiveEvent:
+        message = status_pb2.WatchStatusResponse.FromString(data)
+        batch = status_pb2.WatchStatusResponse(batch=status_pb2.EventBatch(events=[message]))
+        return cls(message=message, wire=data, batch_wire=batch.SerializeToString())
+
+    @property
+    def version(self) -> int:
+        return self.message.version
+
+    @property
+    def is_completion(self) -> bool:
+        return self.message.WhichOneof("event") == "completed"
+
+
 class EventHub:
     """One subscription for the whole process; a bounded queue per watcher."""
 
@@ -24,7 +51,7 @@ class EventHub:
         self._bus = bus
         self._on_completion = on_completion
         self._queue_size = queue_size
-        self._watchers: dict[str, set[asyncio.Queue[status_pb2.WatchStatusResponse]]] = (
+        self._watchers: dict[str, set[asyncio.Queue[LiveEvent]]] = (
             defaultdict(set))
         self._subscription: Subscription | None = None
 
@@ -40,13 +67,13 @@ class EventHub:
         if self._subscription is not None:
             await self._subscription.unsubscribe()
 
-    def register(self, request_id: str) -> asyncio.Queue[status_pb2.WatchStatusResponse]:
-        queue: asyncio.Queue[status_pb2.WatchStatusResponse] = asyncio.Queue(self._queue_size)
+    def register(self, request_id: str) -> asyncio.Queue[LiveEvent]:
+        queue: asyncio.Queue[LiveEvent] = asyncio.Queue(self._queue_size)
         self._watchers[request_id].add(queue)
         return queue
 
     def unregister(self, request_id: str,
-                   queue: asyncio.Queue[status_pb2.WatchStatusResponse]) -> None:
+                   queue: asyncio.Queue[LiveEvent]) -> None:
         queues = self._watchers.get(request_id)
         if queues is None:
             return
@@ -62,9 +89,8 @@ class EventHub:
         queues = self._watchers.get(request_id)
         if not queues:
             return
-        event = status_pb2.WatchStatusResponse()
         try:
-            event.ParseFromString(message.data)
+            event = LiveEvent.decode(message.data)
         except Exception:
             log.warning("ignoring an undecodable event on %s", message.subject)
             return

@@ -14,10 +14,10 @@ from pixpipe.grpc_server import GrpcServer
 from pixpipe.metrics import NotifierMetrics, serve_metrics
 from pixpipe.runtime import configure_logging, run_until_signalled
 from pixpipe.settings import Settings
-from pixpipe.v1 import status_pb2, status_pb2_grpc
+from pixpipe.v1 import status_pb2
 from services.notifier.gauges import keep_gauges_current
 from services.notifier.hub import EventHub
-from services.notifier.servicer import StatusServicer
+from services.notifier.servicer import StatusServicer, add_status_service
 from services.notifier.webhooks import WebhookDispatcher, WebhookSender
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class Notifier:
         serve_metrics(self.metrics.registry, settings.bind_host, settings.metrics_port)
         self.server = GrpcServer(host=settings.bind_host, port=settings.status_port,
                                  api_token=settings.api_token)
-        self.server.add(status_pb2_grpc.add_StatusServiceServicer_to_server,
+        self.server.add(add_status_service,
                         StatusServicer(self.repository, self.hub,
                                        public_base_url=settings.public_base_url),
                         status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name)

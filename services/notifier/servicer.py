@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import grpc
 
@@ -14,9 +15,13 @@ from pixpipe.domain import TERMINAL_REQUEST_STATES, RequestView
 from pixpipe.output_csv import output_csv_chunks
 from pixpipe.status_messages import completion_event, request_to_proto, snapshot_event
 from pixpipe.v1 import status_pb2, status_pb2_grpc
-from services.notifier.hub import EventHub
+from services.notifier.hub import EventHub, LiveEvent
 
 StatusContext = grpc.aio.ServicerContext[object, object]
+# What WatchStatus yields: a message, or an event already serialised (see add_status_service).
+WatchMessage = status_pb2.WatchStatusResponse | bytes
+# Events packed into one batch at most; a few hundred bytes each, far below gRPC's 4 MB.
+MAX_BATCH_EVENTS = 500
 
 
 def is_valid_request_id(request_id: str) -> bool:
@@ -74,23 +79,26 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
                                        request.base_url or self._public_base_url):
             yield status_pb2.ExportCsvResponse(chunk=chunk)
 
-    async def WatchStatus(
+    async def WatchStatus(  # type: ignore[override]  # may yield serialised events
         self, request: status_pb2.WatchStatusRequest, context: StatusContext,
-    ) -> AsyncIterator[status_pb2.WatchStatusResponse]:
+    ) -> AsyncIterator[WatchMessage]:
         request_id = request.request_id.lower()
         # Register before reading the snapshot so nothing committed in between is missed.
         queue = self._hub.register(request_id)
         try:
             view = await self._load(request_id, context)
-            async for event in self._events(view, queue, request.after_version):
+            async for event in self._events(view, queue, request.after_version,
+                                            allow_batches=request.allow_batches):
                 yield event
         finally:
             self._hub.unregister(request_id, queue)
 
     async def _events(
-        self, view: RequestView, queue: asyncio.Queue[status_pb2.WatchStatusResponse],
-        after_version: int,
-    ) -> AsyncIterator[status_pb2.WatchStatusResponse]:
+        self, view: RequestView, queue: asyncio.Queue[LiveEvent], after_version: int, *,
+        allow_batches: bool,
+    ) -> AsyncIterator[WatchMessage]:
+        """Snapshot, live events in version order, completion; live events go out as
+        published (bytes), never decoded and encoded again per watcher."""
         request_id = view.request_id
         seen = view.counters.version
         if after_version < seen:
@@ -100,23 +108,27 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
             return
         # Two workers can publish versions out of order; hold a later one briefly for the one
         # before it, and fall back to the database only when the gap does not fill.
-        held: dict[int, status_pb2.WatchStatusResponse] = {}
+        held: dict[int, LiveEvent] = {}
         while True:
             wait = self._reorder_seconds if held else self._resync_seconds
             # asyncio.timeout rather than wait_for: no extra task per event per watcher.
-            event = None
+            first = None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
-                    event = await queue.get()
-            if event is not None and event.WhichOneof("event") == "completed":
-                yield await self._full_completion(request_id, event)
-                return
-            if event is not None:
-                if event.version > seen:
-                    held[event.version] = event
-                while seen + 1 in held:
-                    seen += 1
-                    yield held.pop(seen)
+                    first = await queue.get()
+            if first is not None:
+                # Whatever else arrived meanwhile goes out with it when the watcher allows.
+                arrived = [first, *_queued(queue)] if allow_batches else [first]
+                completion = next((event for event in arrived if event.is_completion), None)
+                for event in arrived:
+                    if not event.is_completion and event.version > seen:
+                        held[event.version] = event
+                seen, ready = _in_order(seen, held)
+                for message in _wire_messages(ready, allow_batches):
+                    yield message
+                if completion is not None:
+                    yield await self._full_completion(request_id, completion.message)
+                    return
                 continue
             # A gap that did not fill (an event was lost) or a quiet spell: re-read the
             # database, which is the source of truth.
@@ -127,9 +139,9 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
                 seen = fresh.counters.version
                 yield snapshot_event(fresh)
             held = {version: e for version, e in held.items() if version > seen}
-            while seen + 1 in held:
-                seen += 1
-                yield held.pop(seen)
+            seen, ready = _in_order(seen, held)
+            for message in _wire_messages(ready, allow_batches):
+                yield message
             if fresh.counters.status in TERMINAL_REQUEST_STATES:
                 yield completion_event(fresh)
                 return
@@ -142,3 +154,64 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
             return event
         view = await self._repository.get_request(request_id)
         return completion_event(view) if view is not None else event
+
+
+def _queued(queue: asyncio.Queue[LiveEvent]) -> list[LiveEvent]:
+    """The events already waiting in ``queue``, without waiting for more."""
+    events: list[LiveEvent] = []
+    while len(events) < MAX_BATCH_EVENTS - 1:
+        try:
+            events.append(queue.get_nowait())
+        except asyncio.QueueEmpty:
+            break
+    return events
+
+
+def _in_order(seen: int, held: dict[int, LiveEvent]) -> tuple[int, list[LiveEvent]]:
+    """Take the held events that continue ``seen`` without a gap."""
+    ready: list[LiveEvent] = []
+    while seen + 1 in held:
+        seen += 1
+        ready.append(held.pop(seen))
+    return seen, ready
+
+
+def _wire_messages(events: list[LiveEvent], allow_batches: bool) -> list[bytes]:
+    if len(events) > 1 and allow_batches:
+        return [b"".join(event.batch_wire for event in events)]
+    return [event.wire for event in events]
+
+
+def _serialise(message: WatchMessage) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+class _HandlerCollector:
+    """Stands in for a server to capture the generated code's method handlers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def add_generic_rpc_handlers(self, _handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(
+            self, _service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]) -> None:
+        self.handlers = dict(handlers)
+
+
+def add_status_service(servicer: StatusServicer, server: grpc.aio.Server) -> None:
+    """The generated registration, except that WatchStatus may yield serialised events."""
+    collector = _HandlerCollector()
+    status_pb2_grpc.add_StatusServiceServicer_to_server(
+        servicer, cast(grpc.aio.Server, collector))
+    collector.handlers["WatchStatus"] = grpc.unary_stream_rpc_method_handler(
+        servicer.WatchStatus,
+        request_deserializer=status_pb2.WatchStatusRequest.FromString,
+        response_serializer=_serialise)
+    service = status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service, collector.handlers),))
+    # Registered handlers are matched before generic ones (the generated code adds both).
+    server.add_registered_method_handlers(  # type: ignore[attr-defined]  # missing in stubs
+        service, collector.handlers)

@@ -94,14 +94,16 @@ class PixpipeClient:
         failures = 0
         while True:
             call = self.status.WatchStatus(
-                status_pb2.WatchStatusRequest(request_id=request_id, after_version=seen),
+                status_pb2.WatchStatusRequest(request_id=request_id, after_version=seen,
+                                              allow_batches=True),
                 metadata=self.metadata)
             try:
-                while isinstance(event := await call.read(), status_pb2.WatchStatusResponse):
+                while isinstance(message := await call.read(), status_pb2.WatchStatusResponse):
                     failures = 0
-                    seen = max(seen, event.version)
-                    yield event
-                    if event.WhichOneof("event") == "completed":
+                    for event in unbatched(message):
+                        seen = max(seen, event.version)
+                        yield event
+                    if message.WhichOneof("event") == "completed":
                         return
                 return  # the server ended the stream without a completion: it is gone
             except grpc.aio.AioRpcError as error:
@@ -112,3 +114,11 @@ class PixpipeClient:
             finally:
                 with contextlib.suppress(Exception):
                     call.cancel()
+
+
+def unbatched(message: status_pb2.WatchStatusResponse,
+              ) -> list[status_pb2.WatchStatusResponse]:
+    """The events in one stream message: a ``batch`` holds several, anything else is one."""
+    if message.WhichOneof("event") == "batch":
+        return list(message.batch.events)
+    return [message]

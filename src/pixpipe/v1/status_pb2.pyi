@@ -265,18 +265,26 @@ class WatchStatusRequest(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     AFTER_VERSION_FIELD_NUMBER: _builtins.int
+    ALLOW_BATCHES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     after_version: _builtins.int
     """Resume after this version (0: start with a snapshot)."""
+    allow_batches: _builtins.bool
+    """Let the server pack image events that are ready at the same moment into one `batch`
+    message. Nothing is skipped or merged: each event in a batch is complete, with its own
+    version and emitted_at. A busy stream then costs one message per burst instead of one
+    per event, which keeps many watchers on a fast request current.
+    """
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         after_version: _builtins.int = ...,
+        allow_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_version", b"after_version", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_version", b"after_version", "allow_batches", b"allow_batches", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -326,6 +334,7 @@ class WatchStatusResponse(_message.Message):
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
     COMPLETED_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     version: _builtins.int
     @_builtins.property
@@ -340,6 +349,10 @@ class WatchStatusResponse(_message.Message):
     def completed(self) -> Global___RequestStatus:
         """The request reached a terminal state; the stream ends after this message."""
 
+    @_builtins.property
+    def batch(self) -> Global___EventBatch:
+        """Consecutive image events, oldest first (only when the watcher set allow_batches)."""
+
     def __init__(
         self,
         *,
@@ -349,16 +362,39 @@ class WatchStatusResponse(_message.Message):
         snapshot: Global___RequestStatus | None = ...,
         image: Global___ImageEvent | None = ...,
         completed: Global___RequestStatus | None = ...,
+        batch: Global___EventBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "emitted_at", b"emitted_at", "event", b"event", "image", b"image", "snapshot", b"snapshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "completed", b"completed", "emitted_at", b"emitted_at", "event", b"event", "image", b"image", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "emitted_at", b"emitted_at", "event", b"event", "image", b"image", "request_id", b"request_id", "snapshot", b"snapshot", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "completed", b"completed", "emitted_at", b"emitted_at", "event", b"event", "image", b"image", "request_id", b"request_id", "snapshot", b"snapshot", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["snapshot", "image", "completed"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["snapshot", "image", "completed", "batch"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___WatchStatusResponse: _TypeAlias = WatchStatusResponse  # noqa: Y015
+
+@_typing.final
+class EventBatch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___WatchStatusResponse]:
+        """Each one an `image` event."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___WatchStatusResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventBatch: _TypeAlias = EventBatch  # noqa: Y015
 
 @_typing.final
 class ListRequestsRequest(_message.Message):
