@@ -30,7 +30,6 @@ from pixpipe.bus import Bus
 from pixpipe.db.repository import Repository
 from pixpipe.events import EventPublisher
 from pixpipe.fetcher import SafeFetcher
-from pixpipe.storage import ImageStore
 from services.worker.consumer import JobConsumer
 from services.worker.processor import CodecPool
 
@@ -139,8 +138,7 @@ def _install() -> None:
     _wrap(EventPublisher, "request_finished", "events.request_finished")
     _wrap(Bus, "publish_event", "bus.publish_event")
     _wrap(SafeFetcher, "fetch", "fetcher.fetch")
-    _wrap(CodecPool, "transform", "codec.transform (queue + Pillow)")
-    _wrap(ImageStore, "save", "store.save")
+    _wrap(CodecPool, "transform_and_store", "codec.transform_and_store (queue + Pillow + write)")
     _wrap(Msg, "ack", "message.ack")
 
     _time_statements()

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 
 CODEC_NICENESS = 10
+AUTOGROUP_NICENESS = 19
 
 
 class TransientFailure(Exception):
@@ -50,6 +51,25 @@ def _prepare_codec_process() -> None:
     # acknowledge jobs, commit results and stream status (throughput is unchanged: the CPU
     # stays busy either way).
     os.nice(CODEC_NICENESS)
+    _leave_autogroup()
+
+
+def _leave_autogroup() -> None:
+    """Lower the codec process's weight against every other process, not just its worker.
+
+    Linux's scheduler autogroups (on by default for processes outside a cgroup, as with
+    ``make run``) share the CPU equally between sessions first and apply nice values only
+    inside a session. A codec process in its worker's session therefore takes the worker's
+    full share from the notifier, the broker and the other services whenever it is busy.
+    Its own session at the lowest autogroup priority lets every interactive process go
+    first. Elsewhere (cgroups, other systems) this is a no-op and nice alone applies.
+    """
+    try:
+        os.setsid()
+        with open("/proc/self/autogroup", "w") as autogroup:
+            autogroup.write(str(AUTOGROUP_NICENESS))
+    except OSError:
+        pass
 
 
 @dataclass(frozen=True)
