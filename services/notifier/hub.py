@@ -94,9 +94,6 @@ class EventHub:
         except Exception:
             log.warning("ignoring an undecodable event on %s", message.subject)
             return
-        import time as _t, os as _os
-        with open(f"/tmp/hubdelay-{_os.getpid()}.txt", "a") as _f:
-            _f.write(f"{(_t.time() - event.message.emitted_at.ToNanoseconds()/1e9)*1000:.1f} {event.version}\n")
         for queue in list(queues):
             try:
                 queue.put_nowait(event)

@@ -13,9 +13,10 @@ import grpc
 from pixpipe.db.repository import Repository
 from pixpipe.domain import TERMINAL_REQUEST_STATES, RequestView
 from pixpipe.output_csv import output_csv_chunks
-from pixpipe.status_messages import completion_event, request_to_proto, snapshot_event
+from pixpipe.status_messages import completion_event, request_to_proto
 from pixpipe.v1 import status_pb2, status_pb2_grpc
 from services.notifier.hub import EventHub, LiveEvent
+from services.notifier.snapshots import Snapshot, SnapshotLoader
 
 StatusContext = grpc.aio.ServicerContext[object, object]
 # What WatchStatus yields: a message, or an event already serialised (see add_status_service).
@@ -39,12 +40,17 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
         self._public_base_url = public_base_url
         self._hub = hub
         self._resync_seconds = resync_seconds
+        self.snapshots = SnapshotLoader(repository)
 
-    async def _load(self, request_id: str, context: StatusContext, *,
-                    include_images: bool = True) -> RequestView:
+    @staticmethod
+    async def _check_id(request_id: str, context: StatusContext) -> None:
         if not is_valid_request_id(request_id):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"request_id must be a UUID, got {request_id[:64]!r}")
+
+    async def _load(self, request_id: str, context: StatusContext, *,
+                    include_images: bool = True) -> RequestView:
+        await self._check_id(request_id, context)
         view = await self._repository.get_request(request_id.lower(),
                                                   include_images=include_images)
         if view is None:
@@ -84,25 +90,30 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
     ) -> AsyncIterator[WatchMessage]:
         request_id = request.request_id.lower()
         # Register before reading the snapshot so nothing committed in between is missed.
+        await self._check_id(request_id, context)
         queue = self._hub.register(request_id)
         try:
-            view = await self._load(request_id, context)
-            async for event in self._events(view, queue, request.after_version,
+            snapshot = await self.snapshots.load(request_id)
+            if snapshot is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no request {request_id}")
+            assert snapshot is not None
+            async for event in self._events(snapshot, queue, request.after_version,
                                             allow_batches=request.allow_batches):
                 yield event
         finally:
             self._hub.unregister(request_id, queue)
 
     async def _events(
-        self, view: RequestView, queue: asyncio.Queue[LiveEvent], after_version: int, *,
+        self, snapshot: Snapshot, queue: asyncio.Queue[LiveEvent], after_version: int, *,
         allow_batches: bool,
     ) -> AsyncIterator[WatchMessage]:
-        """Snapshot, live events in version order, completion; live events go out as
-        published (bytes), never decoded and encoded again per watcher."""
+        """Snapshot, live events in version order, completion; snapshots and live events go
+        out serialised once for all watchers (bytes)."""
+        view = snapshot.view
         request_id = view.request_id
         seen = view.counters.version
         if after_version < seen:
-            yield snapshot_event(view)
+            yield snapshot.wire
         if view.counters.status in TERMINAL_REQUEST_STATES:
             yield completion_event(view)
             return
@@ -130,14 +141,21 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
                     yield await self._full_completion(request_id, completion.message)
                     return
                 continue
-            # A gap that did not fill (an event was lost) or a quiet spell: re-read the
-            # database, which is the source of truth.
-            fresh = await self._repository.get_request(request_id)
-            if fresh is None:
+            # A gap that did not fill (an event was lost) or a quiet spell: check the
+            # database, which is the source of truth; a counters-only read usually settles it.
+            summary = await self._repository.get_request(request_id, include_images=False)
+            if summary is None:
                 return
+            if (summary.counters.version <= seen
+                    and summary.counters.status not in TERMINAL_REQUEST_STATES):
+                continue
+            latest = await self.snapshots.load(request_id)
+            if latest is None:
+                return
+            fresh = latest.view
             if fresh.counters.version > seen:
                 seen = fresh.counters.version
-                yield snapshot_event(fresh)
+                yield latest.wire
             held = {version: e for version, e in held.items() if version > seen}
             seen, ready = _in_order(seen, held)
             for message in _wire_messages(ready, allow_batches):
@@ -152,8 +170,8 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
         # Large requests publish their completion without the image list; fill it in.
         if event.completed.images or event.completed.total == 0:
             return event
-        view = await self._repository.get_request(request_id)
-        return completion_event(view) if view is not None else event
+        latest = await self.snapshots.load(request_id)
+        return completion_event(latest.view) if latest is not None else event
 
 
 def _queued(queue: asyncio.Queue[LiveEvent]) -> list[LiveEvent]:
