@@ -41,6 +41,7 @@ class Notifier:
         self._stop = asyncio.Event()
         self._deliveries: asyncio.Task[None] | None = None
         self.hub: EventHub | None = None
+        self.status: StatusServicer | None = None
         self.server: GrpcServer | None = None
         self._bus: Bus | None = None
 
@@ -62,9 +63,10 @@ class Notifier:
         serve_metrics(self.metrics.registry, settings.bind_host, settings.metrics_port)
         self.server = GrpcServer(host=settings.bind_host, port=settings.status_port,
                                  api_token=settings.api_token)
-        self.server.add(add_status_service,
-                        StatusServicer(self.repository, self.hub,
-                                       public_base_url=settings.public_base_url),
+        self.status = StatusServicer(self.repository, self.hub,
+                                     public_base_url=settings.public_base_url,
+                                     resync_seconds=settings.watch_resync_seconds)
+        self.server.add(add_status_service, self.status,
                         status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name)
         await self.server.start()
         log.info("status service listening on %s:%d", settings.bind_host, self.server.port)

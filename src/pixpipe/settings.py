@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = 20.0
     grpc_drain_seconds: float = Field(default=2.0, ge=0, description="How long a stopping "
                                       "gRPC server reports NOT_SERVING before it stops.")
+    watch_resync_seconds: float = Field(default=2.0, gt=0, description="How long a quiet "
+                                        "WatchStatus stream waits before checking the "
+                                        "database for changes whose events were lost.")
 
     # Webhooks.
     webhook_secret: str = "whsec_cGl4cGlwZS1kZXZlbG9wbWVudC1zZWNyZXQ="
