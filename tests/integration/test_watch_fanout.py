@@ -127,8 +127,11 @@ async def test_a_shared_read_only_serves_callers_that_asked_before_it_began(
     assert all(result is together[0] for result in together)
 
     early = asyncio.create_task(loader.load(request_id))
-    while loader.reads < 2:  # the second read has begun
+    for _ in range(1000):  # a few loop turns until the second read has begun
+        if loader.reads == 2:
+            break
         await asyncio.sleep(0)
+    assert loader.reads == 2
     changed = await repository.start_image(image_ids[0])
     assert changed is not None
     late = await loader.load(request_id)  # asked after the change was committed
