@@ -26,6 +26,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection
 from sqlalchemy.engine import Engine
 
 import services.worker.main as worker_main
+import services.worker.processor as processor
 from pixpipe.bus import Bus
 from pixpipe.db.repository import Repository
 from pixpipe.events import EventPublisher
@@ -124,7 +125,21 @@ def _serialise_writes() -> None:
         setattr(Repository, name, locked(getattr(Repository, name)))
 
 
-EXPERIMENTS: dict[str, Callable[[], None]] = {"write-lock": _serialise_writes}
+def _null_store(source: bytes, options: object, store: object, request_id: str,
+                image_id: str) -> processor.StoredImage:
+    """Runs in a codec process instead of Pillow: what the worker costs around the codec."""
+    return processor.StoredImage(relative_path=f"{request_id}/{image_id}.jpg",
+                                 bytes_out=len(source) // 10, width=1, height=1)
+
+
+def _null_codec() -> None:
+    """Replace the transform with a no-op (same hand-off of the source bytes), so the
+    worker's own CPU per image can be measured without Pillow competing for the cores."""
+    processor.transform_and_store = _null_store
+
+
+EXPERIMENTS: dict[str, Callable[[], None]] = {"write-lock": _serialise_writes,
+                                              "null-codec": _null_codec}
 
 
 def _install() -> None:
