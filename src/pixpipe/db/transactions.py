@@ -1,15 +1,18 @@
-"""Runs a short write transaction as one synchronous unit of work.
+"""Runs short write transactions as synchronous units of work.
 
 On SQLite the database-wide write lock is held for the whole transaction, so its statements
 must not wait on a busy event loop between each other: the transaction runs in a thread on a
-synchronous engine. On PostgreSQL it runs through the async engine's greenlet bridge.
+synchronous engine. Units that arrive while one transaction is running are committed together
+in the next one (group commit): SQLite admits one writer at a time anyway, and one commit for
+several images costs little more than one for a single image. On PostgreSQL each unit runs in
+its own transaction through the async engine's greenlet bridge.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -17,12 +20,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pixpipe.db.engine import tune_sqlite
 
 T = TypeVar("T")
+Work = Callable[[Connection], Any]
 
 
 class TransactionRunner:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._sync_engine: Engine | None = None
+        self._queued: list[tuple[Work, asyncio.Future[Any]]] = []
+        self._committer: asyncio.Task[None] | None = None
+        self.batches = 0  # SQLite transactions begun for queued units (tests, diagnostics)
         if engine.dialect.name == "sqlite":
             url = engine.url.set(drivername="sqlite")
             self._sync_engine = create_engine(url, connect_args={"timeout": 30,
@@ -30,17 +37,63 @@ class TransactionRunner:
             event.listen(self._sync_engine, "connect", tune_sqlite)
 
     async def run(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work(connection)`` in one transaction and commit it."""
-        if self._sync_engine is not None:
-            return await asyncio.to_thread(self._run_sync, self._sync_engine, work)
-        async with self._engine.begin() as connection:
-            return await connection.run_sync(work)
+        """Run ``work(connection)`` in a transaction and commit it; return its result.
 
-    @staticmethod
-    def _run_sync(engine: Engine, work: Callable[[Connection], T]) -> T:
-        with engine.begin() as connection:
-            return work(connection)
+        ``work`` must touch the database only through ``connection`` and be safe to run
+        again: on SQLite it may share its transaction with other units, and when one of
+        those fails the others run again, each on its own.
+        """
+        if self._sync_engine is None:
+            async with self._engine.begin() as connection:
+                return await connection.run_sync(work)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queued.append((work, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_queued(self._sync_engine))
+        # A caller that stops waiting does not stop the unit: it is committed either way.
+        return await asyncio.shield(future)
+
+    async def _commit_queued(self, engine: Engine) -> None:
+        while self._queued:
+            batch, self._queued = self._queued, []
+            self.batches += 1
+            try:
+                outcomes = await asyncio.to_thread(_run_together, engine,
+                                                   [work for work, _ in batch])
+            except asyncio.CancelledError:
+                for _, future in [*batch, *self._queued]:
+                    future.cancel()
+                raise
+            except Exception as error:
+                outcomes = [error] * len(batch)
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if isinstance(outcome, Exception):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
 
     def dispose(self) -> None:
         if self._sync_engine is not None:
             self._sync_engine.dispose()
+
+
+def _run_together(engine: Engine, works: list[Work]) -> list[Any]:
+    """One transaction for all of ``works``; if it fails, each runs again on its own so
+    that only the unit at fault reports an error."""
+    try:
+        with engine.begin() as connection:
+            return [work(connection) for work in works]
+    except Exception as error:
+        if len(works) == 1:
+            return [error]
+    return [_run_alone(engine, work) for work in works]
+
+
+def _run_alone(engine: Engine, work: Work) -> Any:
+    try:
+        with engine.begin() as connection:
+            return work(connection)
+    except Exception as error:
+        return error
