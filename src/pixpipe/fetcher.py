@@ -7,7 +7,6 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
@@ -56,7 +55,14 @@ class FetchedImage:
 
 
 class SafeFetcher:
-    """Downloads images over one pooled httpx client; every failure is a ``FetchError``."""
+    """Downloads images over one pooled, guarded httpx transport; every failure is a
+    ``FetchError``.
+
+    It sends plain GETs straight to the transport: no cookies (fetches for different requests
+    must not carry state from one to the next), no authentication, no content decoding, and
+    redirects followed here, each hop vetted before it is requested. httpx's client would
+    only add work per request and per body chunk that a worker pays for every image.
+    """
 
     def __init__(
         self,
@@ -65,26 +71,19 @@ class SafeFetcher:
         is_address_allowed: Callable[[IPAddress], bool] = is_public_address,
     ) -> None:
         self._policy = policy
-        self._client = httpx.AsyncClient(
-            transport=guarded_transport(allow_private=policy.allow_private_networks,
-                                        is_allowed=is_address_allowed),
-            trust_env=False,
-            follow_redirects=False,
-            event_hooks={"response": [_check_redirect]},
-            # Fetches for different requests share this client; cookies would carry state
-            # from one to the next, so none are kept.
-            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-            # The total limit is enforced around the whole download with asyncio.timeout;
-            # httpx only bounds the connect phase so a dead host fails fast.
-            timeout=httpx.Timeout(None, connect=policy.connect_timeout_seconds),
-            headers={
-                "User-Agent": policy.user_agent,
-                "Accept": "image/*, */*;q=0.5",
-                # Compressed transfer would let a small body inflate past the size limit
-                # before it is counted, and images gain nothing from it.
-                "Accept-Encoding": "identity",
-            },
-        )
+        self._transport = guarded_transport(allow_private=policy.allow_private_networks,
+                                            is_allowed=is_address_allowed)
+        self._headers = httpx.Headers({
+            "User-Agent": policy.user_agent,
+            "Accept": "image/*, */*;q=0.5",
+            # Compressed transfer would let a small body inflate past the size limit
+            # before it is counted, and images gain nothing from it.
+            "Accept-Encoding": "identity",
+        })
+        # The total limit is enforced around the whole download with asyncio.timeout; the
+        # transport only bounds the connect phase so a dead host fails fast.
+        self._timeouts = {"connect": policy.connect_timeout_seconds, "read": None,
+                          "write": None, "pool": None}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SafeFetcher:
@@ -111,7 +110,7 @@ class SafeFetcher:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
 
     async def fetch(self, url: str) -> FetchedImage:
         """Download ``url``; raise ``FetchError`` saying why and whether a retry may help."""
@@ -129,20 +128,21 @@ class SafeFetcher:
 
     async def _follow_redirects(self, url: str) -> FetchedImage:
         _check_url(url, redirect=False)
-        request = self._client.build_request("GET", url)
+        target = httpx.URL(url)
         for _ in range(self._policy.max_redirects + 1):
-            response = await self._client.send(request, stream=True)
+            request = httpx.Request("GET", target, headers=self._headers,
+                                    extensions={"timeout": self._timeouts})
+            response = await self._transport.handle_async_request(request)
             try:
-                # httpx prepares the next hop itself (follow_redirects is off);
-                # _check_redirect has already vetted where it points.
-                if response.next_request is None:
-                    return await self._read_image(response)
-                request = response.next_request
+                location = _redirect_location(response)
+                if location is None:
+                    return await self._read_image(target, response)
+                target = _redirect_target(target, location)
             finally:
                 await response.aclose()
         raise FetchError("too many redirects", transient=False)
 
-    async def _read_image(self, response: httpx.Response) -> FetchedImage:
+    async def _read_image(self, url: httpx.URL, response: httpx.Response) -> FetchedImage:
         _check_status(response.status_code)
         content_type = _media_type(response.headers.get("Content-Type"))
         if content_type is not None and not _may_be_image(content_type):
@@ -154,26 +154,37 @@ class SafeFetcher:
             raise too_large
         chunks: list[bytes] = []
         received = 0
-        async for chunk in response.aiter_bytes():
+        stream = response.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        async for chunk in stream:
             received += len(chunk)
             if received > limit:
                 raise too_large
             chunks.append(chunk)
-        return FetchedImage(url=str(response.url), content=b"".join(chunks),
+        return FetchedImage(url=str(url), content=b"".join(chunks),
                             content_type=content_type)
 
 
-async def _check_redirect(response: httpx.Response) -> None:
-    """Vet a redirect's target before httpx builds a request for it, which can itself fail."""
-    if not response.has_redirect_location:
-        return
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+def _redirect_location(response: httpx.Response) -> str | None:
+    if response.status_code not in _REDIRECT_STATUSES:
+        return None
+    location: str | None = response.headers.get("Location")
+    return location
+
+
+def _redirect_target(current: httpx.URL, location: str) -> httpx.URL:
+    """Where a redirect points, vetted before it is requested."""
     try:
-        target = response.url.join(response.headers["Location"])
+        target = current.join(location)
     except httpx.InvalidURL:
         raise FetchError("invalid redirect URL", transient=False) from None
     if target.scheme not in ("http", "https"):
         raise FetchError("redirect to a non-HTTP URL not allowed", transient=False)
     _check_url(str(target), redirect=True)
+    return target
 
 
 def _check_url(url: str, *, redirect: bool) -> None:
