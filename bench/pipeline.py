@@ -2,8 +2,8 @@
 
 Serves the photo corpus from loopback, measures the raw Pillow rate of the images (one process
 per core, the workers' default transform), then starts the stack with its defaults (SQLite,
-embedded NATS, two workers), uploads the same images over gRPC and times them until GetStatus
-says the request is terminal. Prints both rates and their ratio; the target is at least 0.7.
+embedded NATS, two workers), uploads the same images over gRPC and times them from the
+Upload call to the completion the database records (GetStatus is polled to learn of it). Prints both rates and their ratio; the target is at least 0.7.
 A benchmark, not a test: it exits non-zero only when the run itself breaks.
 """
 
@@ -37,7 +37,7 @@ from pixpipe.stack import Stack
 from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc, status_pb2, status_pb2_grpc
 
 TARGET_RATIO = 0.7
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.2
 # Cores used by processes outside the benchmark above which figures are flagged / not judged.
 NOISE_CORES = 0.1
 UNRELIABLE_CORES = 0.25
@@ -198,10 +198,16 @@ def _upload_messages(csv_bytes: bytes) -> Iterator[ingest_pb2.UploadRequest]:
 
 def run_request(client: StackClient, stack: Stack, csv_bytes: bytes, count: int,
                 label: str) -> PipelineRun:
-    """Upload, poll every 50 ms until terminal, and check that every image completed."""
+    """Upload, poll until terminal, and check that every image completed.
+
+    The run ends when the database recorded the request's completion (what a watcher or a
+    webhook learns a few milliseconds later), so the figure does not depend on how often
+    the benchmark polls; polling gently keeps the benchmark's own load off the cores.
+    """
     timeout = max(120.0, count * 1.0)
     cpu_before = cpu.snapshot()
     started = time.perf_counter()
+    started_wall = time.time()
     response = client.upload(csv_bytes)
     uploaded = time.perf_counter()
     if response.image_count != count:
@@ -219,9 +225,10 @@ def run_request(client: StackClient, stack: Stack, csv_bytes: bytes, count: int,
                              f"{status.completed}+{status.failed}/{status.total}")
         _check_alive(stack)
         time.sleep(POLL_SECONDS)
-    finished = now
     cores = cpu.usage(cpu_before, cpu.snapshot(), _cpu_groups(stack))
     full = client.get_status(response.request_id, summary_only=False)
+    # Host clock on both sides: the services run on this machine.
+    finished = started + (full.completed_at.ToNanoseconds() / 1e9 - started_wall)
     if full.completed != count or full.failed:
         errors = sorted({image.error for image in full.images if image.error})
         raise BenchError(f"{full.completed}/{count} images completed, {full.failed} failed: "
