@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -153,14 +154,43 @@ def run_until_stopped(stack: Stack, stop_requested: Callable[[], bool]) -> None:
         print("stopped.", flush=True)
 
 
+def occupied_ports(settings: Settings) -> list[str]:
+    """The ports the stack would listen on that something else already holds."""
+    wanted = {"PIXPIPE_INGEST_PORT": (settings.bind_host, settings.ingest_port),
+              "PIXPIPE_STATUS_PORT": (settings.bind_host, settings.status_port),
+              "PIXPIPE_GATEWAY_PORT": (settings.bind_host, settings.gateway_port)}
+    if not settings.nats_url:
+        wanted["PIXPIPE_EMBEDDED_NATS_PORT"] = ("127.0.0.1", settings.embedded_nats_port)
+    busy = []
+    for variable, (host, port) in wanted.items():
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            # As the servers do: a port whose old connections linger is free to listen on.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError:
+                busy.append(f"{host}:{port} ({variable})")
+    return busy
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run every pixpipe service on this machine.")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     args = parser.parse_args()
     settings = Settings()
     stack = Stack(settings=settings, workers=args.workers)
+    busy = occupied_ports(settings)
+    if busy:
+        print(f"pixpipe cannot start: already in use: {', '.join(busy)}.\n"
+              "Is pixpipe (or another server) already running? Stop it, or choose free "
+              "ports with those variables.", file=sys.stderr)
+        raise SystemExit(2)
     stop_requested = stop_on_signals()
-    stack.start()
+    try:
+        stack.start()
+    except (RuntimeError, TimeoutError, OSError) as error:
+        print(f"pixpipe failed to start: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     host = settings.bind_host
     print("pixpipe is running:", flush=True)
     print(f"  REST gateway   http://{host}:{settings.gateway_port}  (docs: /docs)")
