@@ -3,7 +3,8 @@
 Serves the photo corpus from loopback, measures the raw Pillow rate of the images (one process
 per core, the workers' default transform), then starts the stack with its defaults (SQLite,
 embedded NATS, two workers), uploads the same images over gRPC and times them from the
-Upload call to the completion the database records (GetStatus is polled to learn of it). Prints both rates and their ratio; the target is at least 0.7.
+Upload call to the completion the database records (GetStatus is polled to learn of it).
+Prints both rates and their ratio; the target is at least 0.7.
 A benchmark, not a test: it exits non-zero only when the run itself breaks.
 """
 
