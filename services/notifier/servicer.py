@@ -89,8 +89,8 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
         self, request: status_pb2.WatchStatusRequest, context: StatusContext,
     ) -> AsyncIterator[WatchMessage]:
         request_id = request.request_id.lower()
-        # Register before reading the snapshot so nothing committed in between is missed.
         await self._check_id(request_id, context)
+        # Register before reading the snapshot so nothing committed in between is missed.
         queue = self._hub.register(request_id)
         try:
             snapshot = await self.snapshots.load(request_id)
