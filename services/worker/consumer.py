@@ -38,6 +38,7 @@ class JobConsumer:
         self._processor = processor
         self._events = events
         self._in_hand: set[asyncio.Task[None]] = set()
+        self._working: dict[int, Msg] = {}  # the messages of the jobs being handled
         self._name = f"{socket.gethostname()}:{os.getpid()}"
 
     @property
@@ -53,10 +54,13 @@ class JobConsumer:
         advisories = await self._bus.client.subscribe(
             MAX_DELIVERIES_ADVISORY, queue=WORKERS_DURABLE, cb=self._on_max_deliveries)
         capacity = self._settings.worker_concurrency
+        # Pull several jobs per request rather than one per finished job.
+        pull_batch = max(1, capacity // 4)
+        heartbeat = asyncio.create_task(self._keep_alive())
         try:
             while not stop.is_set():
                 free = capacity - len(self._in_hand)
-                if free <= 0:
+                if free < pull_batch:
                     await asyncio.wait(self._in_hand, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 try:
@@ -75,6 +79,7 @@ class JobConsumer:
         finally:
             await advisories.unsubscribe()
             await self._finish_in_hand()
+            heartbeat.cancel()
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
 
@@ -94,7 +99,7 @@ class JobConsumer:
             log.error("dropping malformed job message: %r", message.data[:200])
             await message.term()
             return
-        heartbeat = asyncio.create_task(self._keep_alive(message))
+        self._working[id(message)] = message
         self._metrics.in_flight.inc()
         try:
             with self._metrics.seconds.time():
@@ -110,7 +115,7 @@ class JobConsumer:
             with contextlib.suppress(Exception):
                 await message.nak(delay=self._delay(message))
         finally:
-            heartbeat.cancel()
+            self._working.pop(id(message), None)
             self._metrics.in_flight.dec()
 
     async def _settle(self, job: ImageJob, message: Msg) -> None:
@@ -147,13 +152,15 @@ class JobConsumer:
         return retry_delay(self._settings.job_retry_backoff_seconds,
                            message.metadata.num_delivered)
 
-    async def _keep_alive(self, message: Msg) -> None:
-        # A slow download must not look like a dead worker: extend the ack deadline.
+    async def _keep_alive(self) -> None:
+        # A slow download must not look like a dead worker: extend the ack deadline of every
+        # job in hand, at a third of the ack wait (one timer for all jobs, not one each).
         interval = max(self._settings.job_ack_wait_seconds / 3, 0.5)
         while True:
             await asyncio.sleep(interval)
-            with contextlib.suppress(Exception):
-                await message.in_progress()
+            for message in list(self._working.values()):
+                with contextlib.suppress(Exception):
+                    await message.in_progress()
 
     async def _on_max_deliveries(self, advisory: Msg) -> None:
         """A job ran out of deliveries without settling (its worker died): fail its image."""
