@@ -77,18 +77,23 @@ async def wait_for_terminal(stack: RunningStack, request_id: str,
 
 
 async def completion_events(nats_url: str, request_id: str, seconds: float = 60.0) -> int:
-    """How many completion events the events stream holds for the request.
+    """How many completion events the events stream holds for the request, once it has one.
 
-    Retried: right after a fault a replicated stream may still be electing its leader.
+    The guarantee is "eventually exactly one": a worker whose publish fails during a fault
+    retries with backoff, and the notifier's sweeper publishes what is left, so the event can
+    land seconds after the request is terminal. Waits for it (up to ``seconds``), and retries
+    reads too: right after a fault a replicated stream may still be electing its leader.
     """
     deadline = time.monotonic() + seconds
     while True:
         try:
-            return await _count_completion_events(nats_url, request_id)
+            count = await _count_completion_events(nats_url, request_id)
+            if count or time.monotonic() > deadline:
+                return count
         except Exception:
             if time.monotonic() > deadline:
                 raise
-            await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)
 
 
 async def _count_completion_events(nats_url: str, request_id: str) -> int:
