@@ -9,6 +9,7 @@ import logging
 from pixpipe.bus import JOBS_STREAM, WORKERS_DURABLE, Bus
 from pixpipe.db.webhooks import WebhookRepository
 from pixpipe.metrics import NotifierMetrics
+from pixpipe.runtime import sleep_unless_stopped
 from services.notifier.hub import EventHub
 
 log = logging.getLogger(__name__)
@@ -32,5 +33,4 @@ async def keep_gauges_current(metrics: NotifierMetrics, bus: Bus, webhooks: Webh
             await refresh_gauges(metrics, bus, webhooks, hub)
         except Exception:
             log.debug("refreshing gauges failed", exc_info=True)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval)
+        await sleep_unless_stopped(stop, interval)

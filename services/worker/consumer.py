@@ -19,6 +19,7 @@ from pixpipe.domain import ImageFailure, ImageJob, ImageOutcome
 from pixpipe.events import EventPublisher
 from pixpipe.metrics import WorkerMetrics
 from pixpipe.retry import retry_delay
+from pixpipe.runtime import sleep_unless_stopped
 from pixpipe.settings import Settings
 from services.worker.processor import ImageProcessor, TransientFailure
 
@@ -70,7 +71,7 @@ class JobConsumer:
                 except Exception:
                     # Broker restarting or unreachable: the client reconnects by itself.
                     log.warning("fetching jobs failed; retrying", exc_info=True)
-                    await _sleep_unless(stop, 1.0)
+                    await sleep_unless_stopped(stop, 1.0)
                     continue
                 for message in messages:
                     task = asyncio.create_task(self._handle(message))
@@ -178,8 +179,3 @@ class JobConsumer:
             await self._bus.js.delete_msg(JOBS_STREAM, sequence)
         except Exception:
             log.exception("could not settle an exhausted job")
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
 from pixpipe.bus import Bus
 from pixpipe.db.repository import Repository
 from pixpipe.domain import ImageChange
+from pixpipe.runtime import sleep_unless_stopped
 from pixpipe.status_messages import completion_event, image_event
 
 log = logging.getLogger(__name__)
@@ -86,5 +86,4 @@ async def republish_completions(publisher: EventPublisher, repository: Repositor
                 await publisher.publish_completion(request_id, attempts=1)
         except Exception:
             log.warning("sweeping unpublished completions failed", exc_info=True)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval)
+        await sleep_unless_stopped(stop, interval)
