@@ -333,7 +333,6 @@ class Repository:
                 .limit(limit))).all()
 
 
-
 def _image_view(row: Row[Any, *tuple[Any, ...]]) -> ImageView:
     return ImageView(
         image_id=row.id, serial_number=row.serial_number, product_name=row.product_name or "",
