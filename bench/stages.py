@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.profiled_worker import JOB_STAGE, LOOP_LAG_STAGE, PROFILE_DIR_VARIABLE
+from bench.stats import percentile
 from pixpipe.stack import Stack
 
 _WORKER_MODULE = "services.worker.main"
@@ -78,14 +79,9 @@ def print_stages(console: Console, timings: dict[str, list[float]], wall_seconds
             continue
         share = "" if stage == LOOP_LAG_STAGE else f"{100 * sum(values) / job_total:.0f}"
         table.add_row(stage, str(len(values)), f"{1000 * statistics.fmean(values):.1f}",
-                      f"{1000 * _p95(values):.1f}", f"{sum(values):.2f}", share)
+                      f"{1000 * percentile(values, 0.95):.1f}", f"{sum(values):.2f}", share)
     console.print(table)
     jobs = len(timings.get(JOB_STAGE, []))
     if jobs and wall_seconds:
         console.print(f"jobs in flight on average: {job_total / wall_seconds:.1f} of "
                       f"{capacity} (Little's law); SQL rows are parts of the repository rows")
-
-
-def _p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]

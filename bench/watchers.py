@@ -20,9 +20,10 @@ import grpc
 
 from bench.corpus import corpus_dir, load_photos, products_csv, serving
 from bench.pipeline import StackClient, bench_settings, run_request
+from bench.stats import percentile
 from pixpipe.client.connection import unbatched
 from pixpipe.stack import Stack
-from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc, status_pb2, status_pb2_grpc
+from pixpipe.v1 import status_pb2, status_pb2_grpc
 
 TARGET_P99_MS = 100.0
 
@@ -66,7 +67,7 @@ def watcher_process(status_address: str, count: int, request_ids: Queue[str],
     results.put(asyncio.run(run()))
 
 
-def measure(status_address: str, ingest_address: str, csv_bytes: bytes, watchers: int,
+def measure(client: StackClient, status_address: str, csv_bytes: bytes, watchers: int,
             processes: int) -> tuple[list[float], int]:
     context = multiprocessing.get_context("spawn")
     request_ids: Queue[str] = context.Queue()
@@ -74,38 +75,30 @@ def measure(status_address: str, ingest_address: str, csv_bytes: bytes, watchers
     results: Queue[tuple[list[float], int]] = context.Queue()
     shares = [watchers // processes + (1 if n < watchers % processes else 0)
               for n in range(processes)]
-    clients = [context.Process(target=watcher_process,
-                               args=(status_address, share, request_ids, ready, results))
-               for share in shares if share]
-    for client in clients:
-        client.start()
-    for _ in clients:
+    watcher_processes = [
+        context.Process(target=watcher_process,
+                        args=(status_address, share, request_ids, ready, results))
+        for share in shares if share]
+    for process in watcher_processes:
+        process.start()
+    for _ in watcher_processes:
         ready.get(timeout=120)
     try:
-        with grpc.insecure_channel(ingest_address) as channel:
-            metadata = ingest_pb2.UploadMetadata(file_name="watchers.csv")
-            answer = ingest_pb2_grpc.IngestServiceStub(channel).Upload(iter([
-                ingest_pb2.UploadRequest(metadata=metadata),
-                ingest_pb2.UploadRequest(chunk=csv_bytes)]), timeout=120)
-        for _ in clients:
+        answer = client.upload(csv_bytes)
+        for _ in watcher_processes:
             request_ids.put(answer.request_id)
         delays: list[float] = []
         fewest = sys.maxsize
-        for _ in clients:
+        for _ in watcher_processes:
             part, least = results.get(timeout=600)
             delays.extend(part)
             fewest = min(fewest, least)
         return delays, fewest
     finally:
-        for client in clients:
-            client.join(timeout=30)
-            if client.is_alive():
-                client.kill()
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+        for process in watcher_processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,19 +120,17 @@ def main(argv: list[str] | None = None) -> int:
         stack = Stack(settings=settings, workers=2, log_dir=Path(tmp) / "logs",
                       environment=environment)
         stack.start()
+        client = StackClient(settings)
         try:
             if args.warmup:
-                client = StackClient(settings)
-                try:
-                    run_request(client, stack, products_csv(base_url, photos, args.warmup),
-                                args.warmup, "warm-up")
-                finally:
-                    client.close()
+                run_request(client, stack, products_csv(base_url, photos, args.warmup),
+                            args.warmup, "warm-up")
             delays, fewest = measure(
-                f"127.0.0.1:{settings.status_port}", f"127.0.0.1:{settings.ingest_port}",
+                client, f"127.0.0.1:{settings.status_port}",
                 products_csv(base_url, photos, args.images), args.watchers,
                 args.client_processes)
         finally:
+            client.close()
             stack.stop()
     p50, p99 = percentile(delays, 0.5), percentile(delays, 0.99)
     print(f"\nwatchers: {args.watchers} in {args.client_processes} client processes on one "
