@@ -22,7 +22,6 @@ from typing import Any
 
 from nats.aio.msg import Msg
 from sqlalchemy import event
-from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection
 from sqlalchemy.engine import Engine
 
 import services.worker.main as worker_main
@@ -39,7 +38,7 @@ PROFILE_DIR_VARIABLE = "PIXPIPE_BENCH_PROFILE_DIR"
 EXPERIMENTS_VARIABLE = "PIXPIPE_BENCH_EXPERIMENTS"
 JOB_STAGE = "job (_settle, whole)"
 LOOP_LAG_STAGE = "event-loop lag (10 ms timer)"
-WRITE_LOCK_STAGE = "sqlite write lock held (first write → commit done)"
+WRITE_LOCK_STAGE = "sqlite write lock held (first write → commit begins)"
 _LAG_PERIOD = 0.010
 _TABLES = frozenset({"images", "requests", "products", "webhook_deliveries"})
 
@@ -80,49 +79,20 @@ def _time_statements() -> None:
         if verb in ("INSERT", "UPDATE", "DELETE"):
             locked_at.setdefault(id(conn.connection.dbapi_connection), now)
 
+    def committing(conn: Any) -> None:
+        first_write = locked_at.pop(id(conn.connection.dbapi_connection), None)
+        if first_write is not None:
+            _timings[WRITE_LOCK_STAGE].append(time.perf_counter() - first_write)
+
+    def rolling_back(conn: Any) -> None:
+        locked_at.pop(id(conn.connection.dbapi_connection), None)
+
+    # Engine-wide: the workers' writes run on the TransactionRunner's synchronous engine,
+    # reads and uploads on the async one.
     event.listen(Engine, "before_cursor_execute", before)
     event.listen(Engine, "after_cursor_execute", after)
-
-    commit = AsyncAdapt_aiosqlite_connection.commit
-    rollback = AsyncAdapt_aiosqlite_connection.rollback
-
-    def timed_commit(self: AsyncAdapt_aiosqlite_connection) -> None:
-        started = time.perf_counter()
-        try:
-            commit(self)
-        finally:
-            now = time.perf_counter()
-            _timings["sql COMMIT"].append(now - started)
-            first_write = locked_at.pop(id(self), None)
-            if first_write is not None:
-                _timings[WRITE_LOCK_STAGE].append(now - first_write)
-
-    def forgetting_rollback(self: AsyncAdapt_aiosqlite_connection) -> None:
-        locked_at.pop(id(self), None)
-        rollback(self)
-
-    AsyncAdapt_aiosqlite_connection.commit = timed_commit  # type: ignore[method-assign]
-    AsyncAdapt_aiosqlite_connection.rollback = forgetting_rollback  # type: ignore[method-assign]
-
-
-def _serialise_writes() -> None:
-    """One write transaction at a time per process, queued on an asyncio.Lock.
-
-    SQLite admits one writer per file; without this, each of a worker's pooled connections
-    waits for the file lock in SQLite's busy handler, which sleeps 1, 2, 5, 10 … 100 ms between
-    tries instead of waking when the lock is free.
-    """
-    lock = asyncio.Lock()
-
-    def locked(function: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        @functools.wraps(function)
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            async with lock:
-                return await function(*args, **kwargs)
-        return wrapper
-
-    for name in ("start_image", "finish_image", "note_retry"):
-        setattr(Repository, name, locked(getattr(Repository, name)))
+    event.listen(Engine, "commit", committing)
+    event.listen(Engine, "rollback", rolling_back)
 
 
 def _null_store(source: bytes, options: object, store: object, request_id: str,
@@ -138,8 +108,7 @@ def _null_codec() -> None:
     processor.transform_and_store = _null_store
 
 
-EXPERIMENTS: dict[str, Callable[[], None]] = {"write-lock": _serialise_writes,
-                                              "null-codec": _null_codec}
+EXPERIMENTS: dict[str, Callable[[], None]] = {"null-codec": _null_codec}
 
 
 def _install() -> None:
