@@ -244,7 +244,5 @@ def _classify(exc: Exception) -> FetchError:
         return FetchError("connection to source failed", transient=True)
     if isinstance(exc, httpx.InvalidURL):
         return FetchError("invalid URL", transient=False)
-    if isinstance(exc, httpx.DecodingError):
-        return FetchError("could not decode response from source", transient=False)
     logger.exception("unexpected error while fetching an image")
     return FetchError("unexpected error while fetching", transient=True)
