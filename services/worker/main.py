@@ -12,7 +12,7 @@ from pixpipe.events import EventPublisher
 from pixpipe.fetcher import SafeFetcher
 from pixpipe.metrics import WorkerMetrics, serve_metrics
 from pixpipe.runtime import configure_logging, run_until_signalled
-from pixpipe.settings import Settings
+from pixpipe.settings import Settings, codec_processes_per_worker
 from pixpipe.storage import ImageStore
 from services.worker.consumer import JobConsumer
 from services.worker.processor import CodecPool, ImageProcessor
@@ -24,7 +24,8 @@ async def work(settings: Settings, stop: asyncio.Event) -> None:
     engine = engine_from_settings(settings)
     repository = Repository(session_factory(engine))
     bus = await Bus.connect(settings, name="pixpipe-worker")
-    codec = CodecPool(settings.codec_processes)
+    # Alone on its machine unless told otherwise (make run tells it its share of the cores).
+    codec = CodecPool(codec_processes_per_worker(settings, workers_on_this_machine=1))
     fetcher = SafeFetcher.from_settings(settings)
     processor = ImageProcessor(settings, fetcher, codec, ImageStore(settings.images_dir))
     metrics = WorkerMetrics()
@@ -36,7 +37,7 @@ async def work(settings: Settings, stop: asyncio.Event) -> None:
         await consumer.run(stop)
     finally:
         await fetcher.aclose()
-        codec.shutdown()
+        await codec.aclose()
         await bus.close()
         repository.close()
         await engine.dispose()

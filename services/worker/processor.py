@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import multiprocessing
 import os
 import signal
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from pixpipe.codec import TransformOptions, transform_image
@@ -17,9 +12,7 @@ from pixpipe.errors import DecodeError, FetchError
 from pixpipe.fetcher import SafeFetcher
 from pixpipe.settings import Settings
 from pixpipe.storage import ImageStore
-
-log = logging.getLogger(__name__)
-
+from services.worker.codec_pool import ChildProcessDied, ChildProcessPool
 
 CODEC_NICENESS = 10
 AUTOGROUP_NICENESS = 19
@@ -93,33 +86,26 @@ def transform_and_store(source: bytes, options: TransformOptions, store: ImageSt
 
 
 class CodecPool:
-    """Runs Pillow in worker processes so the event loop never blocks and every core works."""
+    """Runs Pillow in child processes so the event loop never blocks and every core works."""
 
     def __init__(self, processes: int) -> None:
-        self._processes = processes or os.cpu_count() or 1
-        self._executor = self._new_executor()
+        self._pool = ChildProcessPool(processes, initializer=_prepare_codec_process)
 
-    def _new_executor(self) -> ProcessPoolExecutor:
-        # forkserver: never fork a process that already runs asyncio, gRPC and NATS threads.
-        return ProcessPoolExecutor(max_workers=self._processes,
-                                   mp_context=multiprocessing.get_context("forkserver"),
-                                   initializer=_prepare_codec_process)
+    @property
+    def pids(self) -> list[int]:
+        return self._pool.pids
 
     async def transform_and_store(self, data: bytes, options: TransformOptions,
                                   store: ImageStore, job: ImageJob) -> StoredImage:
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, transform_and_store, data,
-                                              options, store, job.request_id, job.image_id)
-        except BrokenProcessPool:
-            # A codec process died (out of memory, a crash in a native decoder): start afresh.
-            log.error("codec process pool broke; restarting it")
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = self._new_executor()
+            return await self._pool.run(transform_and_store, data, options, store,
+                                        job.request_id, job.image_id)
+        except ChildProcessDied:
+            # Out of memory, a crash in a native decoder: the pool starts a new process.
             raise TransientFailure("image processor crashed") from None
 
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+    async def aclose(self) -> None:
+        await self._pool.aclose()
 
 
 class ImageProcessor:

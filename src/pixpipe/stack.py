@@ -16,7 +16,7 @@ from types import FrameType
 
 from pixpipe.db.migrate import upgrade
 from pixpipe.embedded_nats import start_nats_server, wait_for_port
-from pixpipe.settings import Settings
+from pixpipe.settings import Settings, codec_processes_per_worker
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Stack:
     environment: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _modules: dict[str, str] = field(default_factory=dict)
-    _env: dict[str, str] = field(default_factory=dict)
+    _environments: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def start(self) -> None:
         settings = self.settings
@@ -43,18 +43,24 @@ class Stack:
             env["PIXPIPE_NATS_URL"] = f"nats://127.0.0.1:{settings.embedded_nats_port}"
         upgrade(settings.resolved_database_url)
         env["PIXPIPE_DATABASE_URL"] = settings.resolved_database_url
-        self._env = env
         try:
             self._spawn("ingest", "services.ingest.main", env)
             self._spawn("notifier", "services.notifier.main", env)
+            worker_env = self.worker_environment(env)
             for index in range(self.workers):
-                self._spawn(f"worker-{index + 1}", "services.worker.main", env)
+                self._spawn(f"worker-{index + 1}", "services.worker.main", worker_env)
             self._spawn("gateway", "services.gateway.main", env)
             for port in (settings.ingest_port, settings.status_port, settings.gateway_port):
                 self._wait_for(port)
         except BaseException:
             self.stop()
             raise
+
+    def worker_environment(self, env: dict[str, str]) -> dict[str, str]:
+        """The workers share this machine's cores: each is told how many Pillow processes to
+        run unless PIXPIPE_CODEC_PROCESSES says."""
+        share = codec_processes_per_worker(self.settings, workers_on_this_machine=self.workers)
+        return {**env, "PIXPIPE_CODEC_PROCESSES": str(share)}
 
     def _log_path(self, name: str) -> Path | None:
         if self.log_dir is None:
@@ -64,6 +70,7 @@ class Stack:
 
     def _spawn(self, name: str, module: str, env: dict[str, str]) -> None:
         self._modules[name] = module
+        self._environments[name] = env
         if self.settings.metrics_port and name != "gateway":
             # One host, several processes: each gets the next port after the configured one.
             offset = list(self._modules).index(name)
@@ -105,7 +112,7 @@ class Stack:
                 port=self.settings.embedded_nats_port,
                 store_dir=self.settings.data_dir / "jetstream", log_file=self._log_path(name))
             return
-        self._spawn(name, self._modules[name], self._env)
+        self._spawn(name, self._modules[name], self._environments[name])
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM every service (NATS last), then wait; kill what does not stop in time."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
 from pydantic import ValidationError
 
+from pixpipe import settings as settings_module
 from pixpipe.retry import retry_delay
-from pixpipe.settings import Settings
+from pixpipe.settings import Settings, available_cores, codec_processes_per_worker
+from pixpipe.stack import Stack
 
 
 def test_defaults_point_at_the_embedded_stack(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,3 +63,29 @@ def test_the_readme_documents_every_setting() -> None:
     undocumented = [name for name in Settings.model_fields
                     if f"PIXPIPE_{name.upper()}" not in readme]
     assert not undocumented, f"README's configuration table lacks {undocumented}"
+
+
+@pytest.mark.parametrize(("cores", "workers", "expected"),
+                         [(2, 2, 1), (8, 2, 4), (8, 3, 2), (1, 2, 1), (4, 1, 4)])
+def test_workers_share_the_cores_out_for_pillow(monkeypatch: pytest.MonkeyPatch, cores: int,
+                                                workers: int, expected: int) -> None:
+    monkeypatch.delenv("PIXPIPE_CODEC_PROCESSES", raising=False)
+    monkeypatch.setattr(settings_module, "available_cores", lambda: cores)
+    settings = Settings()
+    assert codec_processes_per_worker(settings, workers_on_this_machine=workers) == expected
+    stack = Stack(settings=settings, workers=workers)
+    assert stack.worker_environment({"PIXPIPE_X": "1"}) == {
+        "PIXPIPE_X": "1", "PIXPIPE_CODEC_PROCESSES": str(expected)}
+
+
+def test_configured_codec_processes_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIXPIPE_CODEC_PROCESSES", "3")
+    monkeypatch.setattr(settings_module, "available_cores", lambda: 16)
+    settings = Settings()
+    assert codec_processes_per_worker(settings, workers_on_this_machine=4) == 3
+    assert Stack(settings=settings, workers=4).worker_environment({}) == {
+        "PIXPIPE_CODEC_PROCESSES": "3"}
+
+
+def test_available_cores_is_at_most_the_machine_total() -> None:
+    assert 1 <= available_cores() <= (os.cpu_count() or 1)
