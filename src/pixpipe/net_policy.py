@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -20,6 +21,10 @@ _NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")
 _SHARED_ADDRESS_SPACE = ipaddress.IPv4Network("100.64.0.0/10")
 
 
+# Whitespace (exactly what str.isspace() accepts), C0 controls and DEL; checked per image.
+_WHITESPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
 class AddressNotAllowed(Exception):
     """A host resolved to an address the network policy refuses (private, loopback, …)."""
 
@@ -28,7 +33,7 @@ def check_url_syntax(url: str, *, max_length: int = 2048) -> None:
     """Raise ``ValueError`` with a readable reason unless ``url`` is a fetchable http(s) URL."""
     if len(url) > max_length:
         raise ValueError(f"URL is longer than {max_length} characters")
-    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+    if _WHITESPACE_OR_CONTROL.search(url):
         raise ValueError("URL contains whitespace or control characters")
     try:
         parts = urlsplit(url)

@@ -10,6 +10,7 @@ import httpcore
 import httpx
 
 from pixpipe.asyncio_network import AsyncioBackend
+from pixpipe.connection_pool import KeepAlivePool
 from pixpipe.net_policy import IPAddress, is_public_address, resolve_allowed_addresses
 
 
@@ -104,19 +105,15 @@ def _httpx_errors() -> Iterator[None]:
 
 
 class _GuardedTransport(httpx.AsyncBaseTransport):
-    """An httpx transport over an httpcore pool that uses ``_GuardedBackend``.
+    """An httpx transport over a keep-alive pool of httpcore connections that use
+    ``_GuardedBackend``.
 
     httpx.AsyncHTTPTransport cannot take a network backend, hence this small equivalent.
     """
 
     def __init__(self, backend: httpcore.AsyncNetworkBackend) -> None:
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            max_connections=100,
-            max_keepalive_connections=20,
-            keepalive_expiry=5.0,
-            network_backend=backend,
-        )
+        self._pool = KeepAlivePool(backend, ssl_context=httpx.create_ssl_context(trust_env=False),
+                                   max_idle=20, keepalive_expiry=5.0)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         assert isinstance(request.stream, httpx.AsyncByteStream)

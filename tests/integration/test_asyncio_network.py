@@ -10,10 +10,12 @@ import pytest
 import trustme
 
 from pixpipe.asyncio_network import AsyncioBackend
+from pixpipe.connection_pool import KeepAlivePool
 from pixpipe.errors import FetchError
 from pixpipe.fetcher import FetchPolicy, SafeFetcher
 from tests.support.http_server import CorpusHttpServer
 from tests.support.paths import corpus_root
+from tests.support.pooled_get import get
 
 ROCKET = corpus_root() / "photos" / "rocket.jpg"
 
@@ -38,22 +40,22 @@ def http_server() -> Iterator[CorpusHttpServer]:
 
 
 @pytest.fixture
-async def trusting_pool(authority: trustme.CA) -> AsyncIterator[httpcore.AsyncConnectionPool]:
+async def trusting_pool(authority: trustme.CA) -> AsyncIterator[KeepAlivePool]:
     context = ssl.create_default_context()
     authority.configure_trust(context)
-    async with httpcore.AsyncConnectionPool(ssl_context=context,
-                                            network_backend=AsyncioBackend()) as pool:
-        yield pool
+    pool = KeepAlivePool(AsyncioBackend(), ssl_context=context)
+    yield pool
+    await pool.aclose()
 
 
 async def test_https_download_verifies_the_certificate_and_returns_every_byte(
-    https_server: CorpusHttpServer, trusting_pool: httpcore.AsyncConnectionPool,
+    https_server: CorpusHttpServer, trusting_pool: KeepAlivePool,
 ) -> None:
-    response = await trusting_pool.request("GET", https_server.url("photos/rocket.jpg"))
+    response = await get(trusting_pool, https_server.url("photos/rocket.jpg"))
 
     assert response.status == 200
-    assert response.content == ROCKET.read_bytes()
-    assert response.extensions["network_stream"].get_extra_info("ssl_object") is not None
+    assert response.body == ROCKET.read_bytes()
+    assert response.stream.get_extra_info("ssl_object") is not None
 
 
 async def test_untrusted_certificate_fails_the_fetch_with_a_reason(
@@ -68,16 +70,17 @@ async def test_untrusted_certificate_fails_the_fetch_with_a_reason(
 
 
 async def test_connection_closed_by_the_server_while_idle_is_not_reused(
-    http_server: CorpusHttpServer, trusting_pool: httpcore.AsyncConnectionPool,
+    http_server: CorpusHttpServer, trusting_pool: KeepAlivePool,
 ) -> None:
-    first = await trusting_pool.request("GET", http_server.url("photos/rocket.jpg"))
+    first = await get(trusting_pool, http_server.url("photos/rocket.jpg"))
     assert first.status == 200
-    assert len(trusting_pool.connections) == 1
+    assert trusting_pool.idle_connections == 1
 
     http_server.drop_connections()  # the server hangs up the idle keep-alive connection
-    second = await trusting_pool.request("GET", http_server.url("photos/rocket.jpg"))
+    second = await get(trusting_pool, http_server.url("photos/rocket.jpg"))
 
-    assert second.content == ROCKET.read_bytes()
+    assert second.body == ROCKET.read_bytes()
+    assert second.stream is not first.stream
     assert len(http_server.requests) == 2
 
 
