@@ -1,20 +1,24 @@
-"""Fans status events from one NATS subscription out to every local watcher."""
+"""Fans status events out to the watchers of each request in this process."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from pixpipe.bus import EVENTS_SUBJECT_PREFIX, Bus
+from pixpipe.bus import COMPLETIONS_SUBJECT, Bus, events_subject
 from pixpipe.v1 import status_pb2
 
 log = logging.getLogger(__name__)
+
+# How long a new subscription waits for the server's confirmation before watchers go on.
+_SUBSCRIBE_CONFIRM_SECONDS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,60 +47,130 @@ class LiveEvent:
         return self.message.WhichOneof("event") == "completed"
 
 
+class _Feed:
+    """One request's live events: its NATS subscription and the queues of its watchers."""
+
+    def __init__(self) -> None:
+        self.queues: set[asyncio.Queue[LiveEvent]] = set()
+        self.subscribed: asyncio.Task[Subscription | None] | None = None
+
+
 class EventHub:
-    """One subscription for the whole process; a bounded queue per watcher."""
+    """Fans a request's status events out to the watchers of it in this process.
+
+    It subscribes to ``pixpipe.events.<request_id>`` while the request has a watcher here and
+    to nothing else: a notifier then handles the events of watched requests only, not every
+    event of every request (two per image, all day). Completions reach it separately, as a
+    small notice on ``pixpipe.completions``, to start webhook deliveries at once.
+    """
 
     def __init__(self, bus: Bus, *, queue_size: int = 10_000,
                  on_completion: Callable[[], None] | None = None) -> None:
         self._bus = bus
         self._on_completion = on_completion
         self._queue_size = queue_size
-        self._watchers: dict[str, set[asyncio.Queue[LiveEvent]]] = (
-            defaultdict(set))
-        self._subscription: Subscription | None = None
+        self._feeds: dict[str, _Feed] = {}
+        self._completions: Subscription | None = None
+        self._unsubscribing: set[asyncio.Task[None]] = set()
+        # Diagnostics (tests, gauges): messages taken from NATS since start.
+        self.events_received = 0
+        self.completions_noticed = 0
 
     @property
     def watcher_count(self) -> int:
-        return sum(len(queues) for queues in self._watchers.values())
+        return sum(len(feed.queues) for feed in self._feeds.values())
+
+    @property
+    def subscribed_requests(self) -> int:
+        return len(self._feeds)
 
     async def start(self) -> None:
-        self._subscription = await self._bus.client.subscribe(
-            f"{EVENTS_SUBJECT_PREFIX}.*", cb=self._dispatch)
+        self._completions = await self._bus.client.subscribe(
+            COMPLETIONS_SUBJECT, cb=self._completion_noticed)
 
     async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.unsubscribe()
+        if self._completions is not None:
+            await self._completions.unsubscribe()
+        feeds, self._feeds = list(self._feeds.values()), {}
+        for feed in feeds:
+            self._close(feed)
+        if self._unsubscribing:
+            await asyncio.wait(self._unsubscribing)
 
-    def register(self, request_id: str) -> asyncio.Queue[LiveEvent]:
+    async def register(self, request_id: str) -> asyncio.Queue[LiveEvent]:
+        """A queue of the request's live events, from a subscription the server already has
+        when this returns (read the snapshot afterwards and nothing falls in between)."""
         queue: asyncio.Queue[LiveEvent] = asyncio.Queue(self._queue_size)
-        self._watchers[request_id].add(queue)
+        feed = self._feeds.get(request_id)
+        if feed is None:
+            feed = self._feeds[request_id] = _Feed()
+            feed.subscribed = asyncio.create_task(self._subscribe(request_id, feed))
+        feed.queues.add(queue)
+        assert feed.subscribed is not None
+        try:
+            # Shielded: a watcher that gives up must not cancel its fellows' subscription.
+            await asyncio.shield(feed.subscribed)
+        except BaseException:
+            self.unregister(request_id, queue)
+            raise
         return queue
 
-    def unregister(self, request_id: str,
-                   queue: asyncio.Queue[LiveEvent]) -> None:
-        queues = self._watchers.get(request_id)
-        if queues is None:
+    def unregister(self, request_id: str, queue: asyncio.Queue[LiveEvent]) -> None:
+        feed = self._feeds.get(request_id)
+        if feed is None:
             return
-        queues.discard(queue)
-        if not queues:
-            del self._watchers[request_id]
+        feed.queues.discard(queue)
+        if not feed.queues:
+            del self._feeds[request_id]
+            self._close(feed)
 
-    async def _dispatch(self, message: Msg) -> None:
-        request_id = message.subject.rsplit(".", 1)[-1]
-        if self._on_completion is not None and (message.headers or {}).get(
-                "Nats-Msg-Id", "").endswith(".completed"):
+    async def _subscribe(self, request_id: str, feed: _Feed) -> Subscription | None:
+        client = self._bus.client
+        try:
+            subscription = await client.subscribe(
+                events_subject(request_id), cb=functools.partial(self._dispatch, feed))
+        except Exception:
+            # The client is closing: watchers still follow the request through resyncs.
+            log.warning("could not subscribe to the events of %s", request_id, exc_info=True)
+            return None
+        try:
+            await client.flush(timeout=_SUBSCRIBE_CONFIRM_SECONDS)
+        except Exception:
+            # Broker unreachable: the client re-subscribes when it reconnects, and watchers
+            # resynchronise from the database meanwhile.
+            log.info("subscription to %s not confirmed yet", request_id)
+        return subscription
+
+    def _close(self, feed: _Feed) -> None:
+        task = asyncio.create_task(self._unsubscribe(feed))
+        self._unsubscribing.add(task)
+        task.add_done_callback(self._unsubscribing.discard)
+
+    @staticmethod
+    async def _unsubscribe(feed: _Feed) -> None:
+        assert feed.subscribed is not None
+        with contextlib.suppress(Exception):
+            subscription = await feed.subscribed
+            if subscription is not None:
+                await subscription.unsubscribe()
+
+    async def _completion_noticed(self, _notice: Msg) -> None:
+        self.completions_noticed += 1
+        if self._on_completion is not None:
             self._on_completion()
-        queues = self._watchers.get(request_id)
-        if not queues:
+
+    async def _dispatch(self, feed: _Feed, message: Msg) -> None:
+        self.events_received += 1
+        if not feed.queues:
             return
         try:
             event = LiveEvent.decode(message.data)
         except Exception:
             log.warning("ignoring an undecodable event on %s", message.subject)
             return
-        for queue in list(queues):
+        for queue in list(feed.queues):
             try:
                 queue.put_nowait(event)
             except asyncio.QueueFull:
                 # A stuck watcher loses live events but resynchronises from a snapshot.
-                log.warning("watcher queue full for request %s", request_id)
+                log.warning("watcher queue full on %s", message.subject)

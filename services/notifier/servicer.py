@@ -91,7 +91,7 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
         request_id = request.request_id.lower()
         await self._check_id(request_id, context)
         # Register before reading the snapshot so nothing committed in between is missed.
-        queue = self._hub.register(request_id)
+        queue = await self._hub.register(request_id)
         try:
             snapshot = await self.snapshots.load(request_id)
             if snapshot is None:

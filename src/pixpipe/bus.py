@@ -30,6 +30,9 @@ JOBS_STREAM = "PIXPIPE_JOBS"
 EVENTS_STREAM = "PIXPIPE_EVENTS"
 JOBS_SUBJECT_PREFIX = "pixpipe.jobs"
 EVENTS_SUBJECT_PREFIX = "pixpipe.events"
+# Core NATS, outside every stream: "a request just finished" for notifiers to start its
+# webhook at once. Losing one only delays the webhook to the next poll.
+COMPLETIONS_SUBJECT = "pixpipe.completions"
 WORKERS_DURABLE = "pixpipe-workers"
 MAX_DELIVERIES_ADVISORY = (
     f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.{WORKERS_DURABLE}"
@@ -157,3 +160,7 @@ class Bus:
             await self.js.publish(events_subject(request_id), payload, headers=headers)
         else:
             await self.client.publish(events_subject(request_id), payload, headers=headers)
+
+    async def announce_completion(self, request_id: str) -> None:
+        """Tell the notifiers a request finished (its completion event is in the stream)."""
+        await self.client.publish(COMPLETIONS_SUBJECT, request_id.encode())

@@ -72,6 +72,7 @@ class EventPublisher:
             payload = completion_event(summary).SerializeToString()
         await self._bus.publish_event(request_id, payload,
                                       message_id=completion_message_id(request_id))
+        await self._bus.announce_completion(request_id)
 
 
 async def republish_completions(publisher: EventPublisher, repository: Repository,

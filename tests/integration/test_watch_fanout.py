@@ -164,3 +164,51 @@ async def test_a_quiet_watcher_checks_counters_and_rereads_only_after_a_lost_eve
     assert resynced.WhichOneof("event") == "snapshot"
     assert resynced.version == changed.counters.version > first.version
     assert loader.reads == reads + 1
+
+
+async def until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    async with asyncio.timeout(seconds):
+        while not condition():  # noqa: ASYNC110 (a counter, not an event, is observed)
+            await asyncio.sleep(0.01)
+
+
+async def test_only_watched_requests_reach_the_notifier_and_completions_are_noticed(
+        notifier: Notifier, repository: Repository, bus: Bus) -> None:
+    assert notifier.hub is not None
+    hub = notifier.hub
+    watched, watched_images = await new_request(repository)
+    _unwatched, unwatched_images = await new_request(repository)
+    publisher = EventPublisher(bus, repository)
+    assert hub.subscribed_requests == 0
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{notifier.port}") as channel:
+        stub = status_pb2_grpc.StatusServiceStub(channel)
+        call = stub.WatchStatus(status_pb2.WatchStatusRequest(request_id=watched), timeout=30)
+        assert (await read_event(call)).WhichOneof("event") == "snapshot"
+        assert hub.subscribed_requests == 1
+
+        # A request nobody here watches runs to its end: its completion is noticed (for its
+        # webhook), its events are not delivered here.
+        for change in await process_all(repository, unwatched_images):
+            await publisher.image_changed(change)
+        await until(lambda: hub.completions_noticed == 1)
+        # Published after them on the same connection, so delivered after them, had they been.
+        started = await repository.start_image(watched_images[0])
+        assert started is not None
+        await publisher.image_changed(started)
+        event = await read_event(call)
+        assert (event.WhichOneof("event"), event.version) == ("image", started.counters.version)
+        assert hub.events_received == 1
+
+        finished = await repository.finish_image(watched_images[0], DONE)
+        assert finished is not None
+        await publisher.image_changed(finished)
+        for change in await process_all(repository, watched_images[1:]):
+            await publisher.image_changed(change)
+        rest = await read_rest(call)
+        assert rest[-1].WhichOneof("event") == "completed"
+        assert hub.events_received == 2 * IMAGES + 1  # every image twice, the completion
+        await until(lambda: hub.completions_noticed == 2)
+
+    await wait_for_watchers(notifier, 0)
+    await until(lambda: hub.subscribed_requests == 0)
