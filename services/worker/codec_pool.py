@@ -84,6 +84,10 @@ class _ChildProcess:
         try:
             # Starting talks to the fork server: a blocking exchange, kept off the loop.
             await asyncio.to_thread(process.start)
+        except BaseException:
+            calls_writer.close()
+            results_reader.close()
+            raise
         finally:
             calls_reader.close()
             results_writer.close()
