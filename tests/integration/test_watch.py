@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
@@ -18,19 +17,11 @@ from pixpipe.events import EventPublisher
 from pixpipe.settings import Settings
 from pixpipe.v1 import status_pb2, status_pb2_grpc
 from services.notifier.main import Notifier
+from tests.support.notifier import wait_for_watchers
 from tests.support.stack import read_event, read_rest
 
 CSV = (b"S. No.,Product Name,Input Image Urls\n"
        b'1,Lamp,"https://img.example/a.jpg,https://img.example/b.jpg"\n')
-
-
-async def wait_for_watchers(notifier: Notifier, count: int, seconds: float = 10.0) -> None:
-    assert notifier.hub is not None
-    deadline = time.monotonic() + seconds
-    while notifier.hub.watcher_count != count:
-        assert time.monotonic() < deadline, (
-            f"{notifier.hub.watcher_count} watchers, expected {count}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

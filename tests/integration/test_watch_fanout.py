@@ -18,7 +18,7 @@ from pixpipe.settings import Settings
 from pixpipe.v1 import status_pb2, status_pb2_grpc
 from services.notifier.main import Notifier
 from services.notifier.snapshots import SnapshotLoader
-from tests.integration.test_watch import wait_for_watchers
+from tests.support.notifier import until, wait_for_watchers
 from tests.support.stack import read_event, read_rest
 
 IMAGES = 10
@@ -164,12 +164,6 @@ async def test_a_quiet_watcher_checks_counters_and_rereads_only_after_a_lost_eve
     assert resynced.WhichOneof("event") == "snapshot"
     assert resynced.version == changed.counters.version > first.version
     assert loader.reads == reads + 1
-
-
-async def until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
-    async with asyncio.timeout(seconds):
-        while not condition():  # noqa: ASYNC110 (a counter, not an event, is observed)
-            await asyncio.sleep(0.01)
 
 
 async def test_only_watched_requests_reach_the_notifier_and_completions_are_noticed(
