@@ -39,6 +39,7 @@ class JobConsumer:
         self._processor = processor
         self._events = events
         self._in_hand: set[asyncio.Task[None]] = set()
+        self._job_finished = asyncio.Event()  # set whenever a job in hand is done
         self._working: dict[int, Msg] = {}  # the messages of the jobs being handled
         self._name = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -62,7 +63,9 @@ class JobConsumer:
             while not stop.is_set():
                 free = capacity - len(self._in_hand)
                 if free < pull_batch:
-                    await asyncio.wait(self._in_hand, return_when=asyncio.FIRST_COMPLETED)
+                    # One event rather than asyncio.wait on every job in hand, every time.
+                    self._job_finished.clear()
+                    await self._job_finished.wait()
                     continue
                 try:
                     messages = await subscription.fetch(free, timeout=_FETCH_WAIT_SECONDS)
@@ -76,13 +79,17 @@ class JobConsumer:
                 for message in messages:
                     task = asyncio.create_task(self._handle(message))
                     self._in_hand.add(task)
-                    task.add_done_callback(self._in_hand.discard)
+                    task.add_done_callback(self._done)
         finally:
             await advisories.unsubscribe()
             await self._finish_in_hand()
             heartbeat.cancel()
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_hand.discard(task)
+        self._job_finished.set()
 
     async def _finish_in_hand(self) -> None:
         if not self._in_hand:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -120,7 +121,7 @@ def image_event(change: ImageChange) -> status_pb2.WatchStatusResponse:
     counters: RequestCounters = change.counters
     event = status_pb2.WatchStatusResponse(request_id=change.request_id,
                                            version=counters.version)
-    event.emitted_at.GetCurrentTime()
+    event.emitted_at.FromNanoseconds(time.time_ns())  # GetCurrentTime goes via datetime
     event.image.CopyFrom(status_pb2.ImageEvent(
         image=image_to_proto(change.image), request_status=_REQUEST_STATES[counters.status],
         total=counters.total, completed=counters.completed, failed=counters.failed,
@@ -131,7 +132,7 @@ def image_event(change: ImageChange) -> status_pb2.WatchStatusResponse:
 def completion_event(view: RequestView) -> status_pb2.WatchStatusResponse:
     event = status_pb2.WatchStatusResponse(request_id=view.request_id,
                                            version=view.counters.version)
-    event.emitted_at.GetCurrentTime()
+    event.emitted_at.FromNanoseconds(time.time_ns())  # GetCurrentTime goes via datetime
     event.completed.CopyFrom(request_to_proto(view))
     return event
 
@@ -139,7 +140,7 @@ def completion_event(view: RequestView) -> status_pb2.WatchStatusResponse:
 def snapshot_event(view: RequestView) -> status_pb2.WatchStatusResponse:
     event = status_pb2.WatchStatusResponse(request_id=view.request_id,
                                            version=view.counters.version)
-    event.emitted_at.GetCurrentTime()
+    event.emitted_at.FromNanoseconds(time.time_ns())  # GetCurrentTime goes via datetime
     event.snapshot.CopyFrom(request_to_proto(view))
     return event
 
