@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
 
 import httpcore
@@ -45,12 +44,11 @@ class KeepAlivePool:
         self._ssl_context.set_alpn_protocols(["http/1.1"])
         self._max_idle = max_idle
         self._keepalive_expiry = keepalive_expiry
-        self._idle: dict[Origin, list[Connection]] = {}
-        self._idle_order: deque[Connection] = deque()  # oldest first
+        self._idle: list[tuple[Origin, Connection]] = []  # oldest first
 
     @property
     def idle_connections(self) -> int:
-        return len(self._idle_order)
+        return len(self._idle)
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         target = request.url.origin
@@ -83,14 +81,18 @@ class KeepAlivePool:
                                       keepalive_expiry=self._keepalive_expiry)
 
     async def _reusable(self, origin: Origin) -> Connection | None:
-        idle = self._idle.get(origin)
-        while idle:
-            connection = idle.pop()
-            self._idle_order.remove(connection)
+        while (connection := self._take_idle(origin)) is not None:
             if connection.is_available() and not connection.has_expired():
                 return connection
             # Expired, or the server closed it (it is readable while idle).
             await _close_quietly(connection)
+        return None
+
+    def _take_idle(self, origin: Origin) -> Connection | None:
+        """The most recently used idle connection to ``origin``, out of the pool."""
+        for index in range(len(self._idle) - 1, -1, -1):
+            if self._idle[index][0] == origin:
+                return self._idle.pop(index)[1]
         return None
 
     async def _release(self, origin: Origin, connection: Connection) -> None:
@@ -98,21 +100,14 @@ class KeepAlivePool:
         if not connection.is_idle() or connection.has_expired():
             await _close_quietly(connection)
             return
-        self._idle.setdefault(origin, []).append(connection)
-        self._idle_order.append(connection)
-        while len(self._idle_order) > self._max_idle:
-            oldest = self._idle_order.popleft()
-            for connections in self._idle.values():
-                if oldest in connections:
-                    connections.remove(oldest)
-                    break
+        self._idle.append((origin, connection))
+        while len(self._idle) > self._max_idle:
+            _, oldest = self._idle.pop(0)
             await _close_quietly(oldest)
 
     async def aclose(self) -> None:
-        connections = list(self._idle_order)
-        self._idle.clear()
-        self._idle_order.clear()
-        for connection in connections:
+        idle, self._idle = self._idle, []
+        for _, connection in idle:
             await _close_quietly(connection)
 
 
