@@ -28,17 +28,16 @@ Work = Callable[[Connection], Any]
 class TransactionRunner:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._sync_engine: Engine | None = None
         self._writer: _WriteConnection | None = None
         self._queued: list[tuple[Work, asyncio.Future[Any]]] = []
         self._committer: asyncio.Task[None] | None = None
         self.batches = 0  # SQLite transactions begun for queued units (tests, diagnostics)
         if engine.dialect.name == "sqlite":
             url = engine.url.set(drivername="sqlite")
-            self._sync_engine = create_engine(url, connect_args={"timeout": 30,
-                                                                 "check_same_thread": False})
-            event.listen(self._sync_engine, "connect", tune_sqlite)
-            self._writer = _WriteConnection(self._sync_engine)
+            sync_engine = create_engine(url, connect_args={"timeout": 30,
+                                                           "check_same_thread": False})
+            event.listen(sync_engine, "connect", tune_sqlite)
+            self._writer = _WriteConnection(sync_engine)
 
     async def run(self, work: Callable[[Connection], T]) -> T:
         """Run ``work(connection)`` in a transaction and commit it; return its result.
@@ -81,13 +80,11 @@ class TransactionRunner:
     def dispose(self) -> None:
         if self._writer is not None:
             self._writer.close()
-        if self._sync_engine is not None:
-            self._sync_engine.dispose()
 
 
 class _WriteConnection:
-    """One connection for the committer's transactions, which never overlap; opened on first
-    use and again after an error that invalidated it."""
+    """One connection of a synchronous engine for the committer's transactions, which never
+    overlap; opened on first use and again after an error that invalidated it."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -112,12 +109,17 @@ class _WriteConnection:
     def _transaction(self, work: Callable[[Connection], T]) -> T:
         connection = self._connection
         if connection is None or connection.invalidated or connection.closed:
-            self.close()
+            self._close_connection()
             connection = self._connection = self._engine.connect()
         with connection.begin():
             return work(connection)
 
-    def close(self) -> None:
+    def _close_connection(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+    def close(self) -> None:
+        """Close the connection and the engine's pool."""
+        self._close_connection()
+        self._engine.dispose()
