@@ -28,8 +28,8 @@ class Stack:
     log_dir: Path | None = None
     environment: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    _modules: dict[str, str] = field(default_factory=dict)
-    _environments: dict[str, dict[str, str]] = field(default_factory=dict)
+    # How each service was started (its module and environment), to start it again.
+    _launches: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
 
     def start(self) -> None:
         settings = self.settings
@@ -69,11 +69,10 @@ class Stack:
         return self.log_dir / f"{name}.log"
 
     def _spawn(self, name: str, module: str, env: dict[str, str]) -> None:
-        self._modules[name] = module
-        self._environments[name] = env
+        self._launches[name] = (module, env)
         if self.settings.metrics_port and name != "gateway":
             # One host, several processes: each gets the next port after the configured one.
-            offset = list(self._modules).index(name)
+            offset = list(self._launches).index(name)
             env = {**env, "PIXPIPE_METRICS_PORT": str(self.settings.metrics_port + offset)}
         log_path = self._log_path(name)
         output = open(log_path, "ab") if log_path else None  # noqa: SIM115
@@ -112,7 +111,8 @@ class Stack:
                 port=self.settings.embedded_nats_port,
                 store_dir=self.settings.data_dir / "jetstream", log_file=self._log_path(name))
             return
-        self._spawn(name, self._modules[name], self._environments[name])
+        module, env = self._launches[name]
+        self._spawn(name, module, env)
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM every service (NATS last), then wait; kill what does not stop in time."""
