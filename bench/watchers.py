@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pixpipe-bench-watch-") as tmp, \
             serving(photos) as base_url:
         settings, environment = bench_settings(Path(tmp))
-        stack = Stack(settings=settings, workers=2, log_dir=Path(tmp) / "logs",
+        stack = Stack(settings=settings, log_dir=Path(tmp) / "logs",
                       environment=environment)
         stack.start()
         client = StackClient(settings)
