@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import grpc
-from fastapi import FastAPI, File, Form, Request, Response, UploadFile
+from fastapi import FastAPI, File, Form, Query, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -18,9 +19,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pixpipe.client import PixpipeClient, ServerAddresses
-from pixpipe.domain import OutputFormat
+from pixpipe.domain import ImageState, OutputFormat
+from pixpipe.paging import MAX_PAGE_SIZE
 from pixpipe.settings import Settings
-from pixpipe.status_messages import FORMATS_TO_PROTO, PROCESSED_IMAGES_ROUTE, request_to_json
+from pixpipe.status_messages import (
+    FORMATS_TO_PROTO,
+    IMAGE_STATES_TO_PROTO,
+    PROCESSED_IMAGES_ROUTE,
+    request_to_json,
+)
 from pixpipe.v1 import ingest_pb2, options_pb2, status_pb2
 from services.gateway import examples
 from services.gateway.errors import (
@@ -124,16 +131,28 @@ def create_app(settings: Settings) -> FastAPI:
         return {"request_id": answer.request_id, "message": answer.message,
                 "image_count": answer.image_count}
 
-    @app.get("/status/{request_id}", summary="The status of a request and its images",
+    @app.get("/status/{request_id}", summary="The status of a request and one page of images",
              responses=examples.STATUS_RESPONSES)
-    async def status(request_id: str) -> Any:
+    async def status(
+        request_id: str,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE,
+                                    description="Images per page")] = MAX_PAGE_SIZE,
+        page_token: Annotated[str, Query(description="next_page_token of the page before; "
+                                                     "empty for the first")] = "",
+        status: Annotated[ImageState | None, Query(description="Only images in this "
+                                                               "state")] = None,
+    ) -> Any:
+        query = status_pb2.GetStatusRequest(
+            request_id=request_id, page_size=limit, page_token=page_token,
+            status_filter=IMAGE_STATES_TO_PROTO[status] if status
+            else status_pb2.IMAGE_STATE_UNSPECIFIED)
         try:
             answer: status_pb2.GetStatusResponse = await grpc_clients().status.GetStatus(
-                status_pb2.GetStatusRequest(request_id=request_id),
-                metadata=grpc_clients().metadata, timeout=30)
+                query, metadata=grpc_clients().metadata, timeout=30)
         except grpc.aio.AioRpcError as error:
             return response_for_rpc_error(error)
-        return request_to_json(answer.status)
+        return Response(json.dumps(request_to_json(answer.status), separators=(",", ":")),
+                        media_type="application/json")
 
     @app.get("/status/{request_id}/events", summary="Server-Sent Events of a request",
              response_class=StreamingResponse, responses=examples.EVENTS_RESPONSES)
@@ -158,17 +177,26 @@ def create_app(settings: Settings) -> FastAPI:
         call = grpc_clients().status.ExportCsv(
             status_pb2.ExportCsvRequest(request_id=request_id,
                                         base_url=settings.public_base_url),
-            metadata=grpc_clients().metadata, timeout=120)
-        chunks: list[bytes] = []
+            metadata=grpc_clients().metadata, timeout=300)
         try:
-            while isinstance(message := await call.read(), status_pb2.ExportCsvResponse):
-                chunks.append(message.chunk)
+            # The first chunk settles whether the request is known and finished.
+            first = await call.read()
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 # Not finished yet: a conflict with the resource's current state.
                 return error_response(error.code(), error.details() or "", http_status=409)
             return response_for_rpc_error(error)
-        return Response(b"".join(chunks), media_type="text/csv; charset=utf-8", headers={
+
+        async def chunks() -> AsyncIterator[bytes]:
+            message = first
+            try:
+                while isinstance(message, status_pb2.ExportCsvResponse):
+                    yield message.chunk
+                    message = await call.read()
+            finally:
+                call.cancel()
+
+        return StreamingResponse(chunks(), media_type="text/csv; charset=utf-8", headers={
             "Content-Disposition": f'attachment; filename="pixpipe-{request_id}.csv"'})
 
     @app.get("/requests", summary="Recent requests, newest first",

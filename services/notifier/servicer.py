@@ -11,9 +11,21 @@ from typing import Any, cast
 import grpc
 
 from pixpipe.db.repository import Repository
-from pixpipe.domain import TERMINAL_REQUEST_STATES, RequestView
+from pixpipe.domain import TERMINAL_REQUEST_STATES, ImageState, RequestView
 from pixpipe.output_csv import output_csv_chunks
-from pixpipe.status_messages import completion_event, request_to_proto
+from pixpipe.paging import (
+    ImagePageQuery,
+    InvalidPageToken,
+    decode_page_token,
+    encode_page_token,
+    page_size,
+)
+from pixpipe.status_messages import (
+    IMAGE_STATES_FROM_PROTO,
+    completion_event,
+    image_to_proto,
+    request_to_proto,
+)
 from pixpipe.v1 import status_pb2, status_pb2_grpc
 from services.notifier.hub import EventHub, LiveEvent
 from services.notifier.snapshots import Snapshot, SnapshotLoader
@@ -49,21 +61,55 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
                                 f"request_id must be a UUID, got {request_id[:64]!r}")
 
     async def _load(self, request_id: str, context: StatusContext, *,
-                    include_images: bool = True) -> RequestView:
+                    images: ImagePageQuery | None = None) -> RequestView:
         await self._check_id(request_id, context)
-        view = await self._repository.get_request(request_id.lower(),
-                                                  include_images=include_images)
+        view = await self._repository.get_request(request_id.lower(), images=images)
         if view is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no request {request_id}")
         assert view is not None
         return view
 
+    @staticmethod
+    async def _page_query(request_id: str, size: int, token: str,
+                          state: status_pb2.ImageState.ValueType,
+                          context: StatusContext) -> ImagePageQuery:
+        """The page a GetStatus or ListImages call asks for; INVALID_ARGUMENT for a token
+        that is malformed or belongs to another request or filter."""
+        image_state: ImageState | None = IMAGE_STATES_FROM_PROTO.get(state)
+        try:
+            after = decode_page_token(token, request_id=request_id.lower(),
+                                      state=image_state) if token else None
+        except InvalidPageToken as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        return ImagePageQuery(size=page_size(size), state=image_state, after=after)
+
     async def GetStatus(
         self, request: status_pb2.GetStatusRequest, context: StatusContext,
     ) -> status_pb2.GetStatusResponse:
-        view = await self._load(request.request_id, context,
-                                include_images=not request.summary_only)
+        await self._check_id(request.request_id, context)
+        query = None if request.summary_only else await self._page_query(
+            request.request_id, request.page_size, request.page_token, request.status_filter,
+            context)
+        view = await self._load(request.request_id, context, images=query)
         return status_pb2.GetStatusResponse(status=request_to_proto(view))
+
+    async def ListImages(
+        self, request: status_pb2.ListImagesRequest, context: StatusContext,
+    ) -> status_pb2.ListImagesResponse:
+        await self._check_id(request.request_id, context)
+        request_id = request.request_id.lower()
+        query = await self._page_query(request_id, request.page_size, request.page_token,
+                                       request.status_filter, context)
+        page = await self._repository.list_images(request_id, query)
+        if page is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no request {request.request_id}")
+        assert page is not None
+        response = status_pb2.ListImagesResponse(
+            images=[image_to_proto(image) for image in page.images])
+        if page.next_after is not None:
+            response.next_page_token = encode_page_token(request_id, query.state,
+                                                         page.next_after)
+        return response
 
     async def ListRequests(
         self, request: status_pb2.ListRequestsRequest, context: StatusContext,
@@ -75,14 +121,14 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
     async def ExportCsv(
         self, request: status_pb2.ExportCsvRequest, context: StatusContext,
     ) -> AsyncIterator[status_pb2.ExportCsvResponse]:
-        view = await self._load(request.request_id, context, include_images=False)
+        view = await self._load(request.request_id, context)
         if view.counters.status not in TERMINAL_REQUEST_STATES:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"request {view.request_id} is still {view.counters.status}; "
                                 "its output CSV is ready when it finishes")
-        rows = await self._repository.output_rows(view.request_id)
-        for chunk in output_csv_chunks(view.header, rows,
-                                       request.base_url or self._public_base_url):
+        rows = self._repository.output_rows(view.request_id)
+        async for chunk in output_csv_chunks(view.header, rows,
+                                             request.base_url or self._public_base_url):
             yield status_pb2.ExportCsvResponse(chunk=chunk)
 
     async def WatchStatus(  # type: ignore[override]  # may yield serialised events
@@ -143,7 +189,7 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
                 continue
             # A gap that did not fill (an event was lost) or a quiet spell: check the
             # database, which is the source of truth; a counters-only read usually settles it.
-            summary = await self._repository.get_request(request_id, include_images=False)
+            summary = await self._repository.get_request(request_id, images=None)
             if summary is None:
                 return
             if (summary.counters.version <= seen
@@ -167,7 +213,7 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
     async def _full_completion(self, request_id: str,
                                event: status_pb2.WatchStatusResponse,
                                ) -> status_pb2.WatchStatusResponse:
-        # Large requests publish their completion without the image list; fill it in.
+        # Large first pages leave the completion event without images; fill them in.
         if event.completed.images or event.completed.total == 0:
             return event
         latest = await self.snapshots.load(request_id)

@@ -70,6 +70,21 @@ class ImageView:
 
 
 @dataclass(frozen=True)
+class ImageCursor:
+    """The last image of a page, in the order pages follow: serial number, then position."""
+
+    serial_number: int
+    position: int
+
+
+@dataclass(frozen=True)
+class ImagePage:
+    images: list[ImageView]
+    # Where the next page starts; None on the last page.
+    next_after: ImageCursor | None = None
+
+
+@dataclass(frozen=True)
 class RequestCounters:
     status: RequestState
     total: int
@@ -98,8 +113,13 @@ class RequestView:
     created_at: datetime
     completed_at: datetime | None
     header: list[str] = field(default_factory=list)
+    # One page of images (the first, unless asked otherwise), never all of a large request.
     images: list[ImageView] = field(default_factory=list)
     webhook: WebhookView | None = None
+    # Where the page after ``images`` starts; None when there is none or none was read.
+    next_images: ImageCursor | None = None
+    # The filter ``images`` was read with (None: every image).
+    images_state: ImageState | None = None
 
 
 @dataclass(frozen=True)

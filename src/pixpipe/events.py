@@ -14,8 +14,8 @@ from pixpipe.status_messages import completion_event, image_event
 
 log = logging.getLogger(__name__)
 
-# Past this size a completion event leaves out the per-image list (NATS caps a message at 1 MB);
-# watchers then read the images from the database.
+# The completion event carries the first page of images; past this size (long URLs and
+# names) it leaves them out (NATS caps a message at 1 MB) and watchers read them instead.
 _MAX_COMPLETION_PAYLOAD = 512 * 1024
 
 
@@ -67,7 +67,7 @@ class EventPublisher:
             return
         payload = completion_event(view).SerializeToString()
         if len(payload) > _MAX_COMPLETION_PAYLOAD:
-            summary = await self._repository.get_request(request_id, include_images=False)
+            summary = await self._repository.get_request(request_id, images=None)
             assert summary is not None
             payload = completion_event(summary).SerializeToString()
         await self._bus.publish_event(request_id, payload,

@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 
 from pixpipe.status_messages import output_url
 
 OUTPUT_COLUMN = "Output Image Urls"
-_ROWS_PER_CHUNK = 500
+_CHUNK_BYTES = 256 * 1024
 
 
-def output_csv_chunks(header: Sequence[str],
-                      rows: Sequence[tuple[Sequence[str], Sequence[str | None]]],
-                      base_url: str) -> Iterator[bytes]:
-    """CSV bytes in chunks. A failed image keeps its slot empty so positions line up."""
+async def output_csv_chunks(header: Sequence[str],
+                            rows: AsyncIterable[tuple[Sequence[str], Sequence[str | None]]],
+                            base_url: str) -> AsyncIterator[bytes]:
+    """CSV bytes in chunks of about 256 KB, as ``rows`` arrive. A failed image keeps its slot
+    empty so positions line up; a row written short of the header is padded to it."""
     base = base_url.rstrip("/")
+    width = len(header)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow([*header, OUTPUT_COLUMN])
-    for index, (cells, output_paths) in enumerate(rows, start=1):
+    async for cells, output_paths in rows:
         urls = [f"{base}{output_url(path)}" if path else "" for path in output_paths]
-        writer.writerow([*cells, ",".join(urls)])
-        if index % _ROWS_PER_CHUNK == 0:
+        padding = [""] * (width - len(cells))
+        writer.writerow([*cells, *padding, ",".join(urls)])
+        if buffer.tell() >= _CHUNK_BYTES:
             yield buffer.getvalue().encode()
             buffer.seek(0)
             buffer.truncate()

@@ -19,6 +19,7 @@ from pixpipe.domain import (
     RequestState,
     RequestView,
 )
+from pixpipe.paging import encode_page_token
 from pixpipe.v1 import options_pb2, status_pb2
 
 _REQUEST_STATES = {
@@ -33,6 +34,8 @@ _IMAGE_STATES = {
     ImageState.COMPLETED: status_pb2.IMAGE_STATE_COMPLETED,
     ImageState.FAILED: status_pb2.IMAGE_STATE_FAILED,
 }
+IMAGE_STATES_TO_PROTO = _IMAGE_STATES
+IMAGE_STATES_FROM_PROTO = {value: key for key, value in _IMAGE_STATES.items()}
 _FORMATS_TO_PROTO: dict[OutputFormat, options_pb2.ImageFormat.ValueType] = {
     "jpeg": options_pb2.IMAGE_FORMAT_JPEG,
     "webp": options_pb2.IMAGE_FORMAT_WEBP,
@@ -101,7 +104,11 @@ def request_to_proto(view: RequestView) -> status_pb2.RequestStatus:
         images=[image_to_proto(image) for image in view.images],
         options=options_to_proto(view.options), file_name=view.file_name,
         version=counters.version,
+        in_progress=max(counters.total - counters.completed - counters.failed, 0),
     )
+    if view.next_images is not None:
+        message.next_page_token = encode_page_token(view.request_id, view.images_state,
+                                                    view.next_images)
     message.created_at.CopyFrom(timestamp(view.created_at))
     if view.completed_at is not None:
         message.completed_at.CopyFrom(timestamp(view.completed_at))
@@ -168,6 +175,7 @@ def request_to_json(message: status_pb2.RequestStatus) -> dict[str, Any]:
     data["status"] = _enum_suffix(data["status"], "REQUEST_STATE_")
     data["version"] = int(data["version"])
     data["images"] = [image_to_json(image) for image in message.images]
+    data["next_page_token"] = message.next_page_token or None
     data.setdefault("completed_at", None)
     options = data.get("options", {})
     if "format" in options:

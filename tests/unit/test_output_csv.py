@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import AsyncIterator, Sequence
 
 from pixpipe.output_csv import output_csv_chunks
 
+Row = tuple[Sequence[str], Sequence[str | None]]
 
-def test_failed_images_leave_empty_slots_and_columns_pass_through() -> None:
-    rows: list[tuple[list[str], list[str | None]]] = [
+
+async def _rows(rows: list[Row]) -> AsyncIterator[Row]:
+    for row in rows:
+        yield row
+
+
+async def _collect(header: list[str], rows: list[Row], base_url: str) -> list[bytes]:
+    return [chunk async for chunk in output_csv_chunks(header, _rows(rows), base_url)]
+
+
+async def test_failed_images_leave_empty_slots_and_columns_pass_through() -> None:
+    rows: list[Row] = [
         (["1", "Lamp, large", "a,b,c", "red"], ["r/1.jpg", None, "r/3.jpg"]),
         (["2", "Desk", "d", "oak"], [None])]
-    text = b"".join(output_csv_chunks(["S. No.", "Product Name", "Input Image Urls", "Colour"],
-                                      rows, "https://cdn.example/")).decode()
-    parsed = list(csv.reader(io.StringIO(text)))
+    chunks = await _collect(["S. No.", "Product Name", "Input Image Urls", "Colour"], rows,
+                            "https://cdn.example/")
+    parsed = list(csv.reader(io.StringIO(b"".join(chunks).decode())))
     assert parsed[0][-1] == "Output Image Urls"
     assert parsed[1] == ["1", "Lamp, large", "a,b,c", "red",
                          "https://cdn.example/processed_images/r/1.jpg,,"
@@ -22,9 +34,16 @@ def test_failed_images_leave_empty_slots_and_columns_pass_through() -> None:
     assert parsed[2][-1] == ""
 
 
-def test_large_outputs_come_in_several_chunks() -> None:
-    rows = [([str(n), f"P{n}", "u"], [f"r/{n}.jpg"]) for n in range(1, 1201)]
-    chunks = list(output_csv_chunks(["S. No.", "Product Name", "Input Image Urls"], rows,
-                                    "http://h"))
-    assert len(chunks) == 3
-    assert len(b"".join(chunks).decode().splitlines()) == 1201
+async def test_a_row_stored_short_of_the_header_is_padded_to_it() -> None:
+    chunks = await _collect(["S. No.", "Product Name", "Input Image Urls", "Colour"],
+                            [(["1", "Desk", "u"], ["r/1.jpg"])], "http://h")
+    parsed = list(csv.reader(io.StringIO(b"".join(chunks).decode())))
+    assert parsed[1] == ["1", "Desk", "u", "", "http://h/processed_images/r/1.jpg"]
+
+
+async def test_large_outputs_come_in_bounded_chunks() -> None:
+    rows: list[Row] = [([str(n), f"P{n}", "u"], [f"r/{n}.jpg"]) for n in range(1, 20_001)]
+    chunks = await _collect(["S. No.", "Product Name", "Input Image Urls"], rows, "http://h")
+    assert len(chunks) > 1
+    assert max(len(chunk) for chunk in chunks) < 300 * 1024
+    assert len(b"".join(chunks).decode().splitlines()) == 20_001

@@ -84,8 +84,6 @@ class ImageRecord(Base):
     request_id: Mapped[str] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"))
     product_id: Mapped[int] = mapped_column(ForeignKey("products.id", ondelete="CASCADE"))
     serial_number: Mapped[int] = mapped_column(BigInteger)
-    # Copied from the product so an image's status is one row, read without a join.
-    product_name: Mapped[str | None] = mapped_column(Text, nullable=True)
     position: Mapped[int] = mapped_column(Integer)
     input_url: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="pending")
@@ -102,7 +100,9 @@ class ImageRecord(Base):
 
     __table_args__ = (
         UniqueConstraint("request_id", "serial_number", "position"),
-        Index("ix_images_request_id_status", "request_id", "status"),
+        Index("ix_images_request_id_status_serial_number_position",
+              "request_id", "status", "serial_number", "position"),
+        Index("ix_images_product_id_position", "product_id", "position"),
     )
 
 

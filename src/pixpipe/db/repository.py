@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -29,8 +30,10 @@ from pixpipe.db.transactions import TransactionRunner
 from pixpipe.domain import (
     TERMINAL_REQUEST_STATES,
     ImageChange,
+    ImageCursor,
     ImageJob,
     ImageOutcome,
+    ImagePage,
     ImageState,
     ImageSuccess,
     ImageView,
@@ -40,6 +43,7 @@ from pixpipe.domain import (
     RequestView,
     WebhookView,
 )
+from pixpipe.paging import FIRST_PAGE, ImagePageQuery
 
 _OPEN_IMAGE_STATES = (ImageState.PENDING.value, ImageState.PROCESSING.value)
 _OPEN_REQUEST_STATES = (RequestState.PENDING.value, RequestState.PROCESSING.value)
@@ -48,8 +52,13 @@ _OPEN_REQUEST_STATES = (RequestState.PENDING.value, RequestState.PROCESSING.valu
 _images: Table = ImageRecord.__table__  # type: ignore[assignment]
 _requests: Table = RequestRecord.__table__  # type: ignore[assignment]
 _deliveries: Table = WebhookDelivery.__table__  # type: ignore[assignment]
+_products: Table = ProductRecord.__table__  # type: ignore[assignment]
+# Names are stored once per product; an image row reads its product's (also in RETURNING).
+_PRODUCT_NAME = (select(_products.c.product_name)
+                 .where(_products.c.id == _images.c.product_id)
+                 .correlate(_images).scalar_subquery().label("product_name"))
 _IMAGE_COLUMNS = (_images.c.request_id, _images.c.id, _images.c.serial_number,
-                  _images.c.product_name, _images.c.position, _images.c.input_url,
+                  _PRODUCT_NAME, _images.c.position, _images.c.input_url,
                   _images.c.status, _images.c.error, _images.c.output_path,
                   _images.c.bytes_in, _images.c.bytes_out)
 _NOW = bindparam("p_now", type_=DateTime(timezone=True))
@@ -185,7 +194,6 @@ class Repository:
                     image_rows.append({
                         "id": image_id, "request_id": request_id, "product_id": product_id,
                         "serial_number": row.serial_number, "position": position,
-                        "product_name": row.product_name,
                         "input_url": url, "status": ImageState.PENDING.value, "attempts": 0,
                         "updated_at": now,
                     })
@@ -282,23 +290,51 @@ class Repository:
 
         return await self._writes.run(work)
 
-    async def get_request(self, request_id: str, *, include_images: bool = True,
-                          ) -> RequestView | None:
+    async def get_request(self, request_id: str, *,
+                          images: ImagePageQuery | None = FIRST_PAGE) -> RequestView | None:
+        """The request's summary (O(1): counters live on the request row) and one page of
+        its images; ``images=None`` reads the summary alone."""
         async with self._sessions() as session:
             record = await session.get(RequestRecord, request_id)
             if record is None:
                 return None
             delivery = await session.scalar(
                 select(WebhookDelivery).where(WebhookDelivery.request_id == request_id))
-            images: list[ImageView] = []
-            if include_images:
-                rows = (await session.execute(
-                    select(*_IMAGE_COLUMNS)
-                    .where(_images.c.request_id == request_id)
-                    .order_by(_images.c.serial_number, _images.c.position)
-                )).all()
-                images = [_image_view(row) for row in rows]
-        return _request_view(record, images, _webhook_view(record, delivery))
+            page = ImagePage(images=[])
+            if images is not None:
+                page = await self._image_page(session, request_id, images)
+        return _request_view(record, page, _webhook_view(record, delivery),
+                             state=images.state if images else None)
+
+    async def list_images(self, request_id: str, query: ImagePageQuery) -> ImagePage | None:
+        """One page of a request's images; None when the request is unknown."""
+        async with self._sessions() as session:
+            page = await self._image_page(session, request_id, query)
+            if not page.images and await session.get(RequestRecord, request_id) is None:
+                return None
+        return page
+
+    @staticmethod
+    async def _image_page(session: AsyncSession, request_id: str,
+                          query: ImagePageQuery) -> ImagePage:
+        # Keyset paging on (serial_number, position), which is unique within a request: a
+        # page costs the same at the end of 100,000 images as at the start.
+        statement = select(*_IMAGE_COLUMNS).where(_images.c.request_id == request_id)
+        if query.state is not None:
+            statement = statement.where(_images.c.status == query.state.value)
+        if query.after is not None:
+            statement = statement.where(
+                tuple_(_images.c.serial_number, _images.c.position)
+                > tuple_(bindparam("p_serial", query.after.serial_number),
+                         bindparam("p_position", query.after.position)))
+        statement = statement.order_by(_images.c.serial_number, _images.c.position)
+        rows = (await session.execute(statement.limit(query.size + 1))).all()
+        images = [_image_view(row) for row in rows[:query.size]]
+        if len(rows) <= query.size:
+            return ImagePage(images=images)
+        last = images[-1]
+        return ImagePage(images=images, next_after=ImageCursor(last.serial_number,
+                                                               last.position))
 
     async def list_requests(self, *, limit: int) -> list[RequestView]:
         """The newest requests first, without their images."""
@@ -306,25 +342,36 @@ class Repository:
             records = (await session.scalars(
                 select(RequestRecord).order_by(RequestRecord.created_at.desc()).limit(limit)
             )).all()
-        return [_request_view(record, []) for record in records]
+        return [_request_view(record, ImagePage(images=[])) for record in records]
 
-    async def output_rows(self, request_id: str) -> list[tuple[list[str], list[str | None]]]:
-        """Each product's uploaded cells with its images' output paths in input order."""
-        async with self._sessions() as session:
-            products = (await session.execute(
-                select(ProductRecord.id, ProductRecord.cells)
-                .where(ProductRecord.request_id == request_id)
-                .order_by(ProductRecord.line)
-            )).all()
-            images = (await session.execute(
-                select(ImageRecord.product_id, ImageRecord.position, ImageRecord.output_path)
-                .where(ImageRecord.request_id == request_id)
-                .order_by(ImageRecord.product_id, ImageRecord.position)
-            )).all()
-        outputs: dict[int, list[str | None]] = {}
-        for product_id, _position, output_path in images:
-            outputs.setdefault(product_id, []).append(output_path)
-        return [(list(cells), outputs.get(product_id, [])) for product_id, cells in products]
+    async def output_rows(self, request_id: str, *, products_per_read: int = 1000,
+                          ) -> AsyncIterator[tuple[list[str], list[str | None]]]:
+        """Each product's uploaded cells with its images' output paths in input order, read
+        a bounded number of products at a time (memory stays flat at any request size)."""
+        after = 0
+        while True:
+            async with self._sessions() as session:
+                products = (await session.execute(
+                    select(_products.c.id, _products.c.cells)
+                    .where(_products.c.request_id == request_id, _products.c.id > after)
+                    .order_by(_products.c.id).limit(products_per_read)
+                )).all()
+                if not products:
+                    return
+                first, after = products[0].id, products[-1].id
+                images = (await session.execute(
+                    select(_images.c.product_id, _images.c.output_path)
+                    .where(_images.c.request_id == request_id,
+                           _images.c.product_id >= first, _images.c.product_id <= after)
+                    .order_by(_images.c.product_id, _images.c.position)
+                )).all()
+            outputs: dict[int, list[str | None]] = {}
+            for product_id, output_path in images:
+                outputs.setdefault(product_id, []).append(output_path)
+            for product_id, cells in products:
+                yield list(cells), outputs.get(product_id, [])
+            if len(products) < products_per_read:
+                return
 
     async def mark_completion_published(self, request_id: str) -> None:
         async with self._sessions.begin() as session:
@@ -368,8 +415,8 @@ def _webhook_view(record: RequestRecord, delivery: WebhookDelivery | None,
                        last_error=delivery.last_error)
 
 
-def _request_view(record: RequestRecord, images: list[ImageView],
-                  webhook: WebhookView | None = None) -> RequestView:
+def _request_view(record: RequestRecord, page: ImagePage, webhook: WebhookView | None = None,
+                  *, state: ImageState | None = None) -> RequestView:
     created_at = _as_utc(record.created_at)
     assert created_at is not None
     return RequestView(
@@ -380,7 +427,8 @@ def _request_view(record: RequestRecord, images: list[ImageView],
                                  completed=record.completed, failed=record.failed,
                                  version=record.version),
         created_at=created_at, completed_at=_as_utc(record.completed_at),
-        header=list(record.header or []), images=images, webhook=webhook,
+        header=list(record.header or []), images=page.images, webhook=webhook,
+        next_images=page.next_after, images_state=state,
     )
 
 

@@ -174,6 +174,8 @@ class RequestStatus(_message.Message):
     FILE_NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     WEBHOOK_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    IN_PROGRESS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     status: Global___RequestState.ValueType
     total: _builtins.int
@@ -182,6 +184,12 @@ class RequestStatus(_message.Message):
     file_name: _builtins.str
     version: _builtins.int
     """Increases with every committed change; events carry the version they produced."""
+    next_page_token: _builtins.str
+    """Set when `images` holds only one page: pass it as `page_token` to GetStatus or
+    ListImages for the next one. Empty on the last page, and when images were left out.
+    """
+    in_progress: _builtins.int
+    """Images still waiting or being processed: total - completed - failed."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -207,10 +215,12 @@ class RequestStatus(_message.Message):
         file_name: _builtins.str = ...,
         version: _builtins.int = ...,
         webhook: Global___WebhookStatus | None = ...,
+        next_page_token: _builtins.str = ...,
+        in_progress: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "created_at", b"created_at", "options", b"options", "webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "completed_at", b"completed_at", "created_at", b"created_at", "failed", b"failed", "file_name", b"file_name", "images", b"images", "options", b"options", "request_id", b"request_id", "status", b"status", "total", b"total", "version", b"version", "webhook", b"webhook"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "completed_at", b"completed_at", "created_at", b"created_at", "failed", b"failed", "file_name", b"file_name", "images", b"images", "in_progress", b"in_progress", "next_page_token", b"next_page_token", "options", b"options", "request_id", b"request_id", "status", b"status", "total", b"total", "version", b"version", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -222,18 +232,32 @@ class GetStatusRequest(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SUMMARY_ONLY_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATUS_FILTER_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     summary_only: _builtins.bool
     """Leave out the per-image list (counters only)."""
+    page_size: _builtins.int
+    """Images per page: default and maximum 1000."""
+    page_token: _builtins.str
+    """From a previous answer's next_page_token; empty for the first page."""
+    status_filter: Global___ImageState.ValueType
+    """Only images in this state (UNSPECIFIED: every image). A page token is bound to the
+    filter it was issued for.
+    """
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         summary_only: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        status_filter: Global___ImageState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "summary_only", b"summary_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "request_id", b"request_id", "status_filter", b"status_filter", "summary_only", b"summary_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -395,6 +419,59 @@ class EventBatch(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EventBatch: _TypeAlias = EventBatch  # noqa: Y015
+
+@_typing.final
+class ListImagesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATUS_FILTER_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    page_size: _builtins.int
+    """Default and maximum 1000."""
+    page_token: _builtins.str
+    status_filter: Global___ImageState.ValueType
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        status_filter: Global___ImageState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "request_id", b"request_id", "status_filter", b"status_filter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListImagesRequest: _TypeAlias = ListImagesRequest  # noqa: Y015
+
+@_typing.final
+class ListImagesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImageStatus]: ...
+    def __init__(
+        self,
+        *,
+        images: _abc.Iterable[Global___ImageStatus] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListImagesResponse: _TypeAlias = ListImagesResponse  # noqa: Y015
 
 @_typing.final
 class ListRequestsRequest(_message.Message):

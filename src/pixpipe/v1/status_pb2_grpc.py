@@ -45,6 +45,11 @@ class StatusServiceStub:
                 request_serializer=pixpipe_dot_v1_dot_status__pb2.WatchStatusRequest.SerializeToString,
                 response_deserializer=pixpipe_dot_v1_dot_status__pb2.WatchStatusResponse.FromString,
                 _registered_method=True)
+        self.ListImages = channel.unary_unary(
+                '/pixpipe.v1.StatusService/ListImages',
+                request_serializer=pixpipe_dot_v1_dot_status__pb2.ListImagesRequest.SerializeToString,
+                response_deserializer=pixpipe_dot_v1_dot_status__pb2.ListImagesResponse.FromString,
+                _registered_method=True)
         self.ListRequests = channel.unary_unary(
                 '/pixpipe.v1.StatusService/ListRequests',
                 request_serializer=pixpipe_dot_v1_dot_status__pb2.ListRequestsRequest.SerializeToString,
@@ -70,6 +75,14 @@ class StatusServiceServicer:
 
     def WatchStatus(self, request, context):
         """First a snapshot, then one event per change, ending after the completion event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListImages(self, request, context):
+        """One page of a request's images, ordered by serial number then position in the cell,
+        optionally only those in one state (AIP-158 paging).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -102,6 +115,11 @@ def add_StatusServiceServicer_to_server(servicer, server):
                     servicer.WatchStatus,
                     request_deserializer=pixpipe_dot_v1_dot_status__pb2.WatchStatusRequest.FromString,
                     response_serializer=pixpipe_dot_v1_dot_status__pb2.WatchStatusResponse.SerializeToString,
+            ),
+            'ListImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListImages,
+                    request_deserializer=pixpipe_dot_v1_dot_status__pb2.ListImagesRequest.FromString,
+                    response_serializer=pixpipe_dot_v1_dot_status__pb2.ListImagesResponse.SerializeToString,
             ),
             'ListRequests': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRequests,
@@ -169,6 +187,33 @@ class StatusService:
             '/pixpipe.v1.StatusService/WatchStatus',
             pixpipe_dot_v1_dot_status__pb2.WatchStatusRequest.SerializeToString,
             pixpipe_dot_v1_dot_status__pb2.WatchStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixpipe.v1.StatusService/ListImages',
+            pixpipe_dot_v1_dot_status__pb2.ListImagesRequest.SerializeToString,
+            pixpipe_dot_v1_dot_status__pb2.ListImagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

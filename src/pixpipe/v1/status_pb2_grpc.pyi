@@ -37,6 +37,10 @@ class StatusServiceStub:
     """NOT_FOUND for an unknown id, INVALID_ARGUMENT for a malformed one."""
     WatchStatus: _grpc.UnaryStreamMultiCallable[_status_pb2.WatchStatusRequest, _status_pb2.WatchStatusResponse]
     """First a snapshot, then one event per change, ending after the completion event."""
+    ListImages: _grpc.UnaryUnaryMultiCallable[_status_pb2.ListImagesRequest, _status_pb2.ListImagesResponse]
+    """One page of a request's images, ordered by serial number then position in the cell,
+    optionally only those in one state (AIP-158 paging).
+    """
     ListRequests: _grpc.UnaryUnaryMultiCallable[_status_pb2.ListRequestsRequest, _status_pb2.ListRequestsResponse]
     """The most recent requests, newest first, without their image lists."""
     ExportCsv: _grpc.UnaryStreamMultiCallable[_status_pb2.ExportCsvRequest, _status_pb2.ExportCsvResponse]
@@ -53,6 +57,10 @@ class StatusServiceAsyncStub(StatusServiceStub):
     """NOT_FOUND for an unknown id, INVALID_ARGUMENT for a malformed one."""
     WatchStatus: _aio.UnaryStreamMultiCallable[_status_pb2.WatchStatusRequest, _status_pb2.WatchStatusResponse]  # type: ignore[assignment]
     """First a snapshot, then one event per change, ending after the completion event."""
+    ListImages: _aio.UnaryUnaryMultiCallable[_status_pb2.ListImagesRequest, _status_pb2.ListImagesResponse]  # type: ignore[assignment]
+    """One page of a request's images, ordered by serial number then position in the cell,
+    optionally only those in one state (AIP-158 paging).
+    """
     ListRequests: _aio.UnaryUnaryMultiCallable[_status_pb2.ListRequestsRequest, _status_pb2.ListRequestsResponse]  # type: ignore[assignment]
     """The most recent requests, newest first, without their image lists."""
     ExportCsv: _aio.UnaryStreamMultiCallable[_status_pb2.ExportCsvRequest, _status_pb2.ExportCsvResponse]  # type: ignore[assignment]
@@ -78,6 +86,16 @@ class StatusServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_status_pb2.WatchStatusResponse], _abc.AsyncIterator[_status_pb2.WatchStatusResponse]]:
         """First a snapshot, then one event per change, ending after the completion event."""
+
+    @_abc_1.abstractmethod
+    def ListImages(
+        self,
+        request: _status_pb2.ListImagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_status_pb2.ListImagesResponse, _abc.Awaitable[_status_pb2.ListImagesResponse]]:
+        """One page of a request's images, ordered by serial number then position in the cell,
+        optionally only those in one state (AIP-158 paging).
+        """
 
     @_abc_1.abstractmethod
     def ListRequests(
