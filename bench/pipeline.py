@@ -43,7 +43,7 @@ POLL_SECONDS = 0.2
 # Cores used by processes outside the benchmark above which figures are flagged / not judged.
 NOISE_CORES = 0.1
 UNRELIABLE_CORES = 0.25
-_CHUNK_BYTES = 64 * 1024
+_CHUNK_BYTES = 256 * 1024
 _TERMINAL = (status_pb2.REQUEST_STATE_COMPLETED, status_pb2.REQUEST_STATE_FAILED)
 # The worker count `make run` starts: Stack's and pixpipe-stack's default.
 DEFAULT_WORKERS = Stack(settings=Settings()).workers
@@ -196,9 +196,9 @@ class StackClient:
         self._ingest.close()
         self._status.close()
 
-    def upload(self, csv_bytes: bytes) -> ingest_pb2.UploadResponse:
+    def upload(self, csv_bytes: bytes, *, webhook_url: str = "") -> ingest_pb2.UploadResponse:
         response: ingest_pb2.UploadResponse = self.ingest.Upload(
-            _upload_messages(csv_bytes), timeout=120)
+            _upload_messages(csv_bytes, webhook_url), timeout=300)
         return response
 
     def get_status(self, request_id: str, *, summary_only: bool) -> status_pb2.RequestStatus:
@@ -208,8 +208,10 @@ class StackClient:
         return response.status
 
 
-def _upload_messages(csv_bytes: bytes) -> Iterator[ingest_pb2.UploadRequest]:
-    yield ingest_pb2.UploadRequest(metadata=ingest_pb2.UploadMetadata(file_name="bench.csv"))
+def _upload_messages(csv_bytes: bytes, webhook_url: str = "",
+                     ) -> Iterator[ingest_pb2.UploadRequest]:
+    yield ingest_pb2.UploadRequest(metadata=ingest_pb2.UploadMetadata(
+        file_name="bench.csv", webhook_url=webhook_url))
     for start in range(0, len(csv_bytes), _CHUNK_BYTES):
         yield ingest_pb2.UploadRequest(chunk=csv_bytes[start:start + _CHUNK_BYTES])
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import os
 import socket
@@ -22,8 +21,8 @@ from pixpipe.net_policy import AddressNotAllowed
 from pixpipe.retry import retry_delay
 from pixpipe.safe_transport import guarded_transport
 from pixpipe.settings import Settings
-from pixpipe.status_messages import request_to_json, request_to_proto
 from pixpipe.webhook_signature import signed_headers
+from services.notifier.webhook_body import webhook_body
 
 log = logging.getLogger(__name__)
 
@@ -168,12 +167,10 @@ class WebhookDispatcher:
         """The status JSON, fixed at the first attempt so every retry sends the same body."""
         if leased.payload is not None:
             return leased.payload.encode()
-        view = await self._repository.get_request(leased.request_id)
-        if view is None:
+        payload = await webhook_body(self._repository, leased.request_id,
+                                     public_base_url=self._settings.public_base_url)
+        if payload is None:
             raise LookupError(f"request {leased.request_id} vanished")
-        body = request_to_json(request_to_proto(view))
-        body.pop("webhook", None)
-        payload = json.dumps(body, separators=(",", ":"))
         await self._webhooks.save_payload(leased.id, payload)
         return payload.encode()
 
