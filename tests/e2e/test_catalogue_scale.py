@@ -165,12 +165,12 @@ async def test_the_webhook_body_is_bounded_and_links_the_rest(catalogue: Catalog
 async def test_the_output_csv_streams_every_product(catalogue: Catalogue,
                                                     tmp_path: Path) -> None:
     target = tmp_path / "out.csv"
-    async with httpx.AsyncClient(base_url=catalogue.stack.gateway_url, timeout=60) as client:
-        async with client.stream("GET", f"/status/{catalogue.request_id}/csv") as response:
-            assert response.status_code == 200
-            with target.open("wb") as out:
-                async for chunk in response.aiter_bytes():
-                    out.write(chunk)
+    async with (httpx.AsyncClient(base_url=catalogue.stack.gateway_url, timeout=60) as client,
+                client.stream("GET", f"/status/{catalogue.request_id}/csv") as response):
+        assert response.status_code == 200
+        with target.open("wb") as out:
+            async for chunk in response.aiter_bytes():
+                out.write(chunk)
     with target.open(newline="") as handle:
         rows = list(csv.reader(handle))
     assert rows[0][-1] == "Output Image Urls"
