@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -26,6 +28,35 @@ from services.worker.processor import ImageProcessor, TransientFailure
 log = logging.getLogger(__name__)
 
 _FETCH_WAIT_SECONDS = 1.0
+# A download still running after this long shows its image as processing.
+SLOW_DOWNLOAD_SECONDS = 0.25
+
+
+class ProcessingMark:
+    """Marks one job's image processing at most once, whoever asks first: the timer of a
+    slow download, or the job itself once its download is done."""
+
+    def __init__(self, mark: Callable[[], Awaitable[bool]]) -> None:
+        self._mark = mark
+        self._task: asyncio.Task[bool] | None = None
+
+    def soon(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._mark())
+
+    async def now(self) -> bool:
+        """Whether the image was open to work on (False: unknown or already terminal)."""
+        self.soon()
+        assert self._task is not None
+        return await asyncio.shield(self._task)
+
+    async def ensure(self) -> None:
+        await self.now()
+
+    async def settled(self) -> None:
+        """Wait for a mark under way, so nothing is committed before it; start none."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
 
 
 class JobConsumer:
@@ -127,27 +158,42 @@ class JobConsumer:
             self._metrics.in_flight.dec()
 
     async def _settle(self, job: ImageJob, message: Msg) -> None:
-        started = await self._repository.start_image(job.image_id, worker=self._name)
-        if started is None:
+        mark = ProcessingMark(functools.partial(self._mark_processing, job))
+        if message.metadata.num_delivered > 1 and not await mark.now():
             # Unknown or already terminal: a redelivery of finished work.
             await message.ack()
             return
-        await self._events.image_changed(started)
+        # A first delivery goes straight to work: the image is marked processing once its
+        # download is done or slow. A source that fails at once (a 404, a refused address)
+        # then costs one commit and one event instead of two of each.
+        timer = asyncio.get_running_loop().call_later(SLOW_DOWNLOAD_SECONDS, mark.soon)
         try:
-            outcome = await self._processor.process(job)
+            outcome = await self._processor.process(job, before_encoding=mark.ensure)
         except TransientFailure as failure:
             deliveries = message.metadata.num_delivered
             if deliveries < self._settings.job_max_deliver:
                 self._metrics.retries.inc()
+                await mark.settled()
                 await self._repository.note_retry(job.image_id, failure.reason)
                 await message.nak(delay=self._delay(message))
                 return
             outcome = ImageFailure(reason=failure.reason)
+        finally:
+            timer.cancel()
+        # The processing commit, when there was one, comes first: versions stay in order.
+        await mark.settled()
         finished = await self._repository.finish_image(job.image_id, outcome)
         if finished is not None:
             self._count(outcome)
             await self._events.image_changed(finished)
         await message.ack()
+
+    async def _mark_processing(self, job: ImageJob) -> bool:
+        started = await self._repository.start_image(job.image_id, worker=self._name)
+        if started is None:
+            return False
+        await self._events.image_changed(started)
+        return True
 
     def _count(self, outcome: ImageOutcome) -> None:
         if isinstance(outcome, ImageFailure):

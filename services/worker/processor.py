@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from pixpipe.codec import TransformOptions, transform_image
@@ -116,8 +117,13 @@ class ImageProcessor:
         self._codec = codec
         self._store = store
 
-    async def process(self, job: ImageJob) -> ImageOutcome:
-        """Raises TransientFailure for faults a later attempt may not meet."""
+    async def process(self, job: ImageJob, *,
+                      before_encoding: Callable[[], Awaitable[None]] | None = None,
+                      ) -> ImageOutcome:
+        """Raises TransientFailure for faults a later attempt may not meet.
+
+        ``before_encoding`` runs once the source is downloaded, before the codec gets it.
+        """
         try:
             fetched = await self._fetcher.fetch(job.url)
         except FetchError as error:
@@ -125,6 +131,8 @@ class ImageProcessor:
                 raise TransientFailure(error.reason) from None
             return ImageFailure(reason=error.reason)
         bytes_in = len(fetched.content)
+        if before_encoding is not None:
+            await before_encoding()
         try:
             stored = await self._codec.transform_and_store(
                 fetched.content, transform_options(job, self._settings), self._store, job)

@@ -81,10 +81,16 @@ _START_IMAGE = (
             worker=bindparam("p_worker"), updated_at=_NOW)
     .returning(*_IMAGE_COLUMNS)
 )
+# A job that settles before its image was marked processing (a quick 404) still counts
+# as an attempt.
+_ATTEMPTS_IF_UNSTARTED = case(
+    (_images.c.status == ImageState.PENDING.value, _images.c.attempts + 1),
+    else_=_images.c.attempts)
 _FINISH_IMAGE = (
     update(_images)
     .where(_images.c.id == bindparam("p_image_id"), _IMAGE_IS_OPEN)
-    .values(status=bindparam("p_status"), error=bindparam("p_error"),
+    .values(status=bindparam("p_status"), attempts=_ATTEMPTS_IF_UNSTARTED,
+            error=bindparam("p_error"),
             output_path=bindparam("p_output_path"), bytes_in=bindparam("p_bytes_in"),
             bytes_out=bindparam("p_bytes_out"), width=bindparam("p_width"),
             height=bindparam("p_height"), updated_at=_NOW)
@@ -93,7 +99,7 @@ _FINISH_IMAGE = (
 _NOTE_RETRY = (
     update(_images)
     .where(_images.c.id == bindparam("p_image_id"), _IMAGE_IS_OPEN)
-    .values(error=bindparam("p_reason"), updated_at=_NOW)
+    .values(error=bindparam("p_reason"), attempts=_ATTEMPTS_IF_UNSTARTED, updated_at=_NOW)
 )
 _COMPLETED_NOW = bindparam("p_completed", type_=Integer)
 _FAILED_NOW = bindparam("p_failed", type_=Integer)
