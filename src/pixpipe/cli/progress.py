@@ -1,4 +1,4 @@
-"""Renders a watched request: a live progress bar, then a table of failed images."""
+"""A live progress bar driven by a request's watch events (counters only, any size)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 from rich.text import Text
 
 from pixpipe.v1 import status_pb2
@@ -40,7 +39,11 @@ def progress_bar(console: Console) -> Progress:
 
 async def follow(events: AsyncIterator[status_pb2.WatchStatusResponse],
                  console: Console) -> status_pb2.RequestStatus:
-    """Drive the bar from watch events; returns the final status."""
+    """Drive the bar from watch events; returns the final status.
+
+    Only the counters are read: a snapshot or completion carries at most the first page of
+    images, and the failures are listed afterwards by the caller.
+    """
     final: status_pb2.RequestStatus | None = None
     with progress_bar(console) as progress:
         task = progress.add_task("processing", total=None, failed=0)
@@ -60,18 +63,3 @@ async def follow(events: AsyncIterator[status_pb2.WatchStatusResponse],
     if final is None:
         raise ConnectionError("the status stream ended before the request finished")
     return final
-
-
-def failures_table(status: status_pb2.RequestStatus) -> Table | None:
-    failed = [image for image in status.images if image.status == status_pb2.IMAGE_STATE_FAILED]
-    if not failed:
-        return None
-    table = Table(title=f"{len(failed)} image(s) failed", title_justify="left")
-    table.add_column("S. No.", justify="right")
-    table.add_column("Product")
-    table.add_column("URL", overflow="fold")
-    table.add_column("Reason", style="red")
-    for image in failed:
-        table.add_row(str(image.serial_number), image.product_name, image.input_url,
-                      image.error)
-    return table

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -12,6 +12,9 @@ from typing import Self
 
 import grpc
 
+from pixpipe.domain import ImageState
+from pixpipe.paging import MAX_PAGE_SIZE
+from pixpipe.status_messages import IMAGE_STATES_TO_PROTO
 from pixpipe.v1 import (
     ingest_pb2,
     ingest_pb2_grpc,
@@ -69,13 +72,51 @@ class PixpipeClient:
         return response
 
     async def get_status(self, request_id: str, *, summary_only: bool = False,
+                         page_size: int = 0, page_token: str = "",
+                         status: ImageState | str | None = None,
                          rpc_timeout: float = 30.0) -> status_pb2.RequestStatus:
+        """The summary and one page of images (``page_size`` 0: the server's 1000), only
+        those in ``status`` when given; ``next_page_token`` of the answer continues it."""
         response: status_pb2.GetStatusResponse = await self.status.GetStatus(
-            status_pb2.GetStatusRequest(request_id=request_id, summary_only=summary_only),
+            status_pb2.GetStatusRequest(
+                request_id=request_id, summary_only=summary_only, page_size=page_size,
+                page_token=page_token, status_filter=image_state_filter(status)),
             metadata=self.metadata, timeout=rpc_timeout)
         return response.status
 
+    async def list_images(self, request_id: str, *, status: ImageState | str | None = None,
+                          page_size: int = MAX_PAGE_SIZE, page_token: str = "",
+                          max_retries: int = 5, retry_delay: float = 0.5,
+                          ) -> AsyncGenerator[status_pb2.ImageStatus, None]:
+        """Every image of the request (or those in ``status``), page after page, each once,
+        ordered by serial number then position in the cell; ``page_token`` starts later.
+
+        A page whose call fails on the way is asked for again with the same token, so a
+        restarting status service neither repeats nor skips images.
+        """
+        request = status_pb2.ListImagesRequest(
+            request_id=request_id, page_size=page_size, page_token=page_token,
+            status_filter=image_state_filter(status))
+        failures = 0
+        while True:
+            try:
+                response: status_pb2.ListImagesResponse = await self.status.ListImages(
+                    request, metadata=self.metadata, timeout=30.0)
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or failures >= max_retries:
+                    raise
+                failures += 1
+                await asyncio.sleep(min(retry_delay * failures, 5.0))
+                continue
+            failures = 0
+            for image in response.images:
+                yield image
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
     async def export_csv(self, request_id: str, *, base_url: str = "") -> AsyncIterator[bytes]:
+        """The output CSV in chunks of about 256 KB as the server streams them."""
         call = self.status.ExportCsv(
             status_pb2.ExportCsvRequest(request_id=request_id, base_url=base_url),
             metadata=self.metadata, timeout=300)
@@ -114,6 +155,14 @@ class PixpipeClient:
             finally:
                 with contextlib.suppress(Exception):
                     call.cancel()
+
+
+def image_state_filter(status: ImageState | str | None) -> status_pb2.ImageState.ValueType:
+    """The wire filter for ``status`` ("failed" or ImageState.FAILED; None: every image).
+    Raises ValueError for a name that is not an image state."""
+    if status is None:
+        return status_pb2.IMAGE_STATE_UNSPECIFIED
+    return IMAGE_STATES_TO_PROTO[ImageState(status)]
 
 
 def unbatched(message: status_pb2.WatchStatusResponse,
