@@ -36,12 +36,14 @@ from services.gateway.errors import (
     error_response,
     response_for_rpc_error,
 )
+from services.gateway.readiness import RESPONSES as READINESS_RESPONSES
+from services.gateway.readiness import check_readiness
 from services.gateway.sse import status_event_stream
 
 UPLOAD_CHUNK_BYTES = 256 * 1024
 STATIC_DIR = Path(__file__).with_name("static")
 # The page and its assets are public; the API calls it makes carry the token.
-_PUBLIC_PATHS = ("/healthz", "/metrics", "/docs", "/openapi.json", "/static/",
+_PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/static/",
                  PROCESSED_IMAGES_ROUTE)
 
 
@@ -224,6 +226,12 @@ def create_app(settings: Settings) -> FastAPI:
              responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}})
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: the services behind the gateway answer",
+             responses=READINESS_RESPONSES)
+    async def readyz() -> JSONResponse:
+        readiness = await check_readiness(settings)
+        return JSONResponse(readiness.body(), status_code=200 if readiness.ready else 503)
 
     @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -21,12 +21,16 @@ import logging
 import multiprocessing
 import os
 import pickle
+import select
+import signal
 import struct
+import threading
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
+from types import FrameType
 from typing import Any, TypeVar, cast
 
 log = logging.getLogger(__name__)
@@ -231,10 +235,11 @@ def _enlarge_pipe(connection: Connection) -> None:
 
 def _serve(calls: Connection, results: Connection,
            initializer: Callable[[], None] | None) -> None:
-    """Answer calls until the worker closes the calls pipe."""
+    """Answer calls until the worker closes the calls pipe or dies."""
+    calls_fd, results_fd = calls.fileno(), results.fileno()
+    _exit_when_the_worker_dies(results_fd)
     if initializer is not None:
         initializer()
-    calls_fd, results_fd = calls.fileno(), results.fileno()
     while True:
         header = _read_exactly(calls_fd, _CALL_HEADER.size)
         if header is None:
@@ -249,7 +254,37 @@ def _serve(calls: Connection, results: Connection,
             outcome: tuple[bool, Any] = (True, function(source, *args))
         except Exception as error:
             outcome = (False, error)
-        _write_all(results_fd, _pickle_outcome(outcome))
+        try:
+            _write_all(results_fd, _pickle_outcome(outcome))
+        except BrokenPipeError:
+            return  # the worker is gone: there is no one to answer
+
+
+def _exit_when_the_worker_dies(results_fd: int) -> None:
+    """Exit quietly, even mid-call, once the worker is gone.
+
+    A worker killed outright (SIGKILL, the OOM killer) leaves its children to the fork
+    server, so PR_SET_PDEATHSIG would not fire: the fork server lives on while any child
+    holds its "alive" pipe, as each one does. The worker's death does close the read end of
+    the results pipe, which a blocked poll() of the write end reports as POLLERR; this
+    thread then ends the call in hand through SystemExit (a half-written output file is
+    still removed) instead of finishing work no one will collect.
+    """
+    signal.signal(signal.SIGTERM, _exit_quietly)
+    main_thread = threading.main_thread().ident
+    assert main_thread is not None
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(results_fd, 0)  # errors and hang-ups are reported regardless
+        poller.poll()
+        signal.pthread_kill(main_thread, signal.SIGTERM)
+
+    threading.Thread(target=watch, name="pixpipe-codec-orphan-watch", daemon=True).start()
+
+
+def _exit_quietly(_signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def _pickle_outcome(outcome: tuple[bool, Any]) -> bytes:

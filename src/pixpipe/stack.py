@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -14,9 +15,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+import httpx
+
 from pixpipe.db.migrate import upgrade
-from pixpipe.embedded_nats import start_nats_server, wait_for_port
+from pixpipe.embedded_nats import start_nats_server, start_nats_server_on_free_port
 from pixpipe.settings import Settings, codec_processes_per_worker
+
+# How often the stack looks at its processes and, while starting, asks the gateway /readyz.
+_POLL_SECONDS = 0.2
+
+
+class StartInterrupted(Exception):
+    """Ctrl-C or SIGTERM arrived while the stack was starting."""
+
+
+def embedded_nats_port_is_fixed(settings: Settings) -> bool:
+    """Whether PIXPIPE_EMBEDDED_NATS_PORT was given; unset (or 0), the server picks a port."""
+    return "embedded_nats_port" in settings.model_fields_set and settings.embedded_nats_port != 0
 
 
 @dataclass
@@ -28,33 +43,79 @@ class Stack:
     log_dir: Path | None = None
     environment: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # When each process was started, to tell a crash loop from a stable run.
+    started_at: dict[str, float] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic
+    # Ctrl-C or SIGTERM while starting: stop waiting for readiness (see stop_on_signals).
+    stop_requested: Callable[[], bool] = lambda: False
+    # The embedded server's port once started: kept across its restarts.
+    nats_port: int | None = None
     # How each service was started (its module and environment), to start it again.
     _launches: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
 
     def start(self) -> None:
+        """Start every service and return once the gateway's /readyz answers 200."""
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.environment,
                "PIXPIPE_DATA_DIR": str(settings.data_dir.resolve())}
-        if not settings.nats_url:
-            self.processes["nats"] = start_nats_server(
-                port=settings.embedded_nats_port, store_dir=settings.data_dir / "jetstream",
-                log_file=self._log_path("nats"))
-            env["PIXPIPE_NATS_URL"] = f"nats://127.0.0.1:{settings.embedded_nats_port}"
-        upgrade(settings.resolved_database_url)
-        env["PIXPIPE_DATABASE_URL"] = settings.resolved_database_url
         try:
+            if not settings.nats_url:
+                self._start_embedded_nats()
+                env["PIXPIPE_NATS_URL"] = self.nats_url
+                env["PIXPIPE_EMBEDDED_NATS_PORT"] = str(self.nats_port)
+            upgrade(settings.resolved_database_url)
+            env["PIXPIPE_DATABASE_URL"] = settings.resolved_database_url
             self._spawn("ingest", "services.ingest.main", env)
             self._spawn("notifier", "services.notifier.main", env)
             worker_env = self.worker_environment(env)
             for index in range(self.workers):
                 self._spawn(f"worker-{index + 1}", "services.worker.main", worker_env)
             self._spawn("gateway", "services.gateway.main", env)
-            for port in (settings.ingest_port, settings.status_port, settings.gateway_port):
-                self._wait_for(port)
+            self.wait_until_ready()
         except BaseException:
             self.stop()
             raise
+
+    @property
+    def nats_url(self) -> str:
+        """The broker the services use: the configured one, or the embedded server."""
+        if self.settings.nats_url:
+            return self.settings.nats_url
+        assert self.nats_port is not None, "the embedded NATS server is not started"
+        return f"nats://127.0.0.1:{self.nats_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        # A service bound to every interface is reached on loopback.
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.settings.bind_host,
+                                                          self.settings.bind_host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.settings.gateway_port}"
+
+    def wait_until_ready(self, timeout: float | None = None) -> None:
+        """Wait for the gateway's /readyz to answer 200; fail if a service exits first."""
+        # The services themselves wait this long for JetStream before they give up.
+        timeout = timeout or self.settings.nats_startup_wait_seconds + 30.0
+        deadline = time.monotonic() + timeout
+        answer = "no answer yet"
+        with httpx.Client(timeout=5.0) as client:
+            while True:
+                for name, process in self.processes.items():
+                    if process.poll() is not None:
+                        raise RuntimeError(f"{name} exited with code {process.returncode}")
+                if self.stop_requested():
+                    raise StartInterrupted
+                try:
+                    response = client.get(f"{self.gateway_url}/readyz")
+                    if response.status_code == 200:
+                        return
+                    answer = f"{response.status_code} {response.text}"
+                except httpx.TransportError as error:
+                    answer = f"{type(error).__name__}: {error}"
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"not ready after {timeout:.0f} s: "
+                                       f"{self.gateway_url}/readyz said {answer}")
+                time.sleep(_POLL_SECONDS)
 
     def worker_environment(self, env: dict[str, str]) -> dict[str, str]:
         """The workers share this machine's cores: each is told how many Pillow processes to
@@ -67,6 +128,21 @@ class Stack:
             return None
         self.log_dir.mkdir(parents=True, exist_ok=True)
         return self.log_dir / f"{name}.log"
+
+    def _start_embedded_nats(self) -> None:
+        store_dir = self.settings.data_dir / "jetstream"
+        port = self.nats_port or (self.settings.embedded_nats_port
+                                  if embedded_nats_port_is_fixed(self.settings) else None)
+        if port is None:
+            # A NATS server of some other project may well hold 4222 on this machine.
+            process, port = start_nats_server_on_free_port(store_dir=store_dir,
+                                                           log_file=self._log_path("nats"))
+        else:
+            process = start_nats_server(port=port, store_dir=store_dir,
+                                        log_file=self._log_path("nats"))
+        self.processes["nats"] = process
+        self.started_at["nats"] = self.clock()
+        self.nats_port = port
 
     def _spawn(self, name: str, module: str, env: dict[str, str]) -> None:
         self._launches[name] = (module, env)
@@ -81,19 +157,9 @@ class Stack:
         self.processes[name] = subprocess.Popen([sys.executable, "-m", module], env=env,
                                                 stdout=output, stderr=subprocess.STDOUT
                                                 if output else None, start_new_session=True)
-
-    def _wait_for(self, port: int, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            for name, process in self.processes.items():
-                if process.poll() is not None:
-                    raise RuntimeError(f"{name} exited with code {process.returncode}")
-            try:
-                wait_for_port(self.settings.bind_host, port, timeout=0.5)
-                return
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise
+        self.started_at[name] = self.clock()
+        if output is not None:
+            output.close()  # the service holds its own copy
 
     def kill(self, name: str) -> None:
         """SIGKILL one process, as a crash would."""
@@ -107,9 +173,7 @@ class Stack:
             self.processes[name].terminate()
             self.processes[name].wait(timeout=30)
         if name == "nats":
-            self.processes[name] = start_nats_server(
-                port=self.settings.embedded_nats_port,
-                store_dir=self.settings.data_dir / "jetstream", log_file=self._log_path(name))
+            self._start_embedded_nats()  # the same port and store directory
             return
         module, env = self._launches[name]
         self._spawn(name, module, env)
@@ -144,17 +208,79 @@ def stop_on_signals() -> Callable[[], bool]:
     return lambda: bool(received)
 
 
-def run_until_stopped(stack: Stack, stop_requested: Callable[[], bool]) -> None:
-    """Keep the stack up until a signal arrives or one of its processes exits; then stop it."""
+@dataclass(frozen=True)
+class RestartBackoff:
+    """How long a crashed service waits before it is started again.
+
+    The delay doubles with each crash in a row, from ``first`` up to ``cap``, so a service
+    that cannot start (its database down, say) does not spin; a service that had run for
+    ``stable_after`` seconds before it crashed starts the count again.
+    """
+
+    first: float = 0.5
+    cap: float = 30.0
+    stable_after: float = 60.0
+
+    def delay(self, crashes_in_a_row: int) -> float:
+        return min(self.cap, self.first * 2.0 ** max(0, crashes_in_a_row - 1))
+
+
+class Supervisor:
+    """Starts the stack's crashed processes again, each after its backoff; call ``check``."""
+
+    def __init__(self, stack: Stack, backoff: RestartBackoff | None = None) -> None:
+        self.stack = stack
+        self.backoff = backoff or RestartBackoff()
+        self._crashes: dict[str, int] = {}
+        self._due: dict[str, float] = {}  # restarts waiting for their time
+
+    def check(self, stop_requested: Callable[[], bool] = lambda: False) -> None:
+        """Notice the processes that exited, and restart those whose backoff has passed."""
+        now = self.stack.clock()
+        for name, process in self.stack.processes.items():
+            if name in self._due or process.poll() is None:
+                continue
+            ran = now - self.stack.started_at.get(name, now)
+            crashes = 1 if ran >= self.backoff.stable_after else self._crashes.get(name, 0) + 1
+            self._crashes[name] = crashes
+            delay = self.backoff.delay(crashes)
+            self._due[name] = now + delay
+            _report(f"{name} exited with code {describe_exit(process.returncode)} after "
+                    f"{ran:.1f} s; restarting it in {delay:.1f} s"
+                    + (f" ({crashes} crashes in a row)" if crashes > 1 else ""))
+        for name, due in list(self._due.items()):
+            if due > now or stop_requested():
+                continue
+            del self._due[name]
+            try:
+                self.stack.restart(name)
+            except (OSError, RuntimeError, TimeoutError) as error:
+                # Counted as another crash at the next check: the old process is still dead.
+                self.stack.started_at[name] = self.stack.clock()
+                _report(f"{name} did not start again: {error}")
+            else:
+                _report(f"{name} restarted (pid {self.stack.processes[name].pid})")
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"{returncode} ({signal.Signals(-returncode).name})"
+    return str(returncode)
+
+
+def _report(message: str) -> None:
+    print(f"pixpipe: {message}", file=sys.stderr, flush=True)
+
+
+def run_until_stopped(stack: Stack, stop_requested: Callable[[], bool],
+                      backoff: RestartBackoff | None = None) -> None:
+    """Keep the stack up, restarting what crashes, until a signal arrives; then stop it."""
+    supervisor = Supervisor(stack, backoff)
     try:
         while not stop_requested():
-            exited = [(name, process.returncode) for name, process in stack.processes.items()
-                      if process.poll() is not None]
-            if exited:
-                print(f"{exited[0][0]} exited with code {exited[0][1]}; stopping",
-                      file=sys.stderr)
-                break
-            time.sleep(0.5)
+            supervisor.check(stop_requested)
+            time.sleep(_POLL_SECONDS)
     finally:
         print("stopping pixpipe…", flush=True)
         stack.stop()
@@ -166,7 +292,7 @@ def occupied_ports(settings: Settings) -> list[str]:
     wanted = {"PIXPIPE_INGEST_PORT": (settings.bind_host, settings.ingest_port),
               "PIXPIPE_STATUS_PORT": (settings.bind_host, settings.status_port),
               "PIXPIPE_GATEWAY_PORT": (settings.bind_host, settings.gateway_port)}
-    if not settings.nats_url:
+    if not settings.nats_url and embedded_nats_port_is_fixed(settings):
         wanted["PIXPIPE_EMBEDDED_NATS_PORT"] = ("127.0.0.1", settings.embedded_nats_port)
     busy = []
     for variable, (host, port) in wanted.items():
@@ -185,7 +311,6 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     args = parser.parse_args()
     settings = Settings()
-    stack = Stack(settings=settings, workers=args.workers)
     busy = occupied_ports(settings)
     if busy:
         print(f"pixpipe cannot start: already in use: {', '.join(busy)}.\n"
@@ -193,17 +318,22 @@ def main() -> None:
               "ports with those variables.", file=sys.stderr)
         raise SystemExit(2)
     stop_requested = stop_on_signals()
+    stack = Stack(settings=settings, workers=args.workers, stop_requested=stop_requested)
     try:
         stack.start()
+    except StartInterrupted:
+        print("stopped.", flush=True)
+        return
     except (RuntimeError, TimeoutError, OSError) as error:
         print(f"pixpipe failed to start: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     host = settings.bind_host
     print("pixpipe is running:", flush=True)
-    print(f"  REST gateway   http://{host}:{settings.gateway_port}  (docs: /docs)")
+    print(f"  REST gateway   http://{host}:{settings.gateway_port}  (docs: /docs, "
+          "readiness: /readyz)")
     print(f"  ingest gRPC    {host}:{settings.ingest_port}")
     print(f"  status gRPC    {host}:{settings.status_port}")
-    print(f"  NATS           {settings.nats_url or f'nats://127.0.0.1:{settings.embedded_nats_port}'}")
+    print(f"  NATS           {stack.nats_url}")
     print(f"  database       {settings.resolved_database_url}")
     print(f"  workers        {args.workers}")
     print("Press Ctrl-C to stop.", flush=True)

@@ -1,0 +1,97 @@
+"""Readiness (``GET /readyz``): the gateway takes uploads once the services behind it can."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from pixpipe.settings import Settings
+from pixpipe.v1 import ingest_pb2, status_pb2, status_pb2_grpc
+
+CHECK_TIMEOUT_SECONDS = 2.0
+INGEST_SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
+STATUS_SERVICE = status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name
+# No request has the nil UUID, so asking for it is a read the database answers NOT_FOUND.
+_PROBE_REQUEST_ID = str(uuid.UUID(int=0))
+_OK = "ok"
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Every service an upload needs answers",
+          "content": {"application/json": {"example": {
+              "status": "ready", "checks": {"ingest": "ok", "status": "ok", "database": "ok"}}}}},
+    503: {"description": "Something an upload needs is not ready; `not_ready` names it",
+          "content": {"application/json": {"example": {
+              "status": "not ready", "not_ready": ["ingest"],
+              "checks": {"ingest": "UNAVAILABLE: failed to connect to all addresses",
+                         "status": "ok", "database": "ok"}}}}},
+}
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Each check's outcome: ``"ok"`` or why it failed."""
+
+    checks: dict[str, str]
+
+    @property
+    def ready(self) -> bool:
+        return all(outcome == _OK for outcome in self.checks.values())
+
+    def body(self) -> dict[str, Any]:
+        if self.ready:
+            return {"status": "ready", "checks": self.checks}
+        return {"status": "not ready",
+                "not_ready": [name for name, outcome in self.checks.items() if outcome != _OK],
+                "checks": self.checks}
+
+
+async def check_readiness(settings: Settings) -> Readiness:
+    """Ask the ingest and status services whether they serve, and the database whether it answers.
+
+    The services report SERVING only once they are connected to JetStream (they connect
+    before they start listening), and only until they begin to shut down. The database is
+    probed through the status service, which shares it with ingest.
+    """
+    metadata = (("authorization", f"Bearer {settings.api_token}"),) if settings.api_token else ()
+    async with grpc.aio.insecure_channel(settings.resolved_ingest_address) as ingest, \
+            grpc.aio.insecure_channel(settings.resolved_status_address) as status:
+        ingest_serving, status_serving = await asyncio.gather(
+            _outcome(_serving(ingest, INGEST_SERVICE)), _outcome(_serving(status, STATUS_SERVICE)))
+        database = (await _outcome(_database_answers(status, metadata))
+                    if status_serving == _OK else "not checked: the status service is not ready")
+    return Readiness({"ingest": ingest_serving, "status": status_serving, "database": database})
+
+
+async def _serving(channel: grpc.aio.Channel, service: str) -> str:
+    response: health_pb2.HealthCheckResponse = await health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service=service), timeout=CHECK_TIMEOUT_SECONDS)
+    if response.status == health_pb2.HealthCheckResponse.SERVING:
+        return _OK
+    name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    return name
+
+
+async def _database_answers(channel: grpc.aio.Channel,
+                            metadata: tuple[tuple[str, str], ...]) -> str:
+    try:
+        await status_pb2_grpc.StatusServiceStub(channel).GetStatus(
+            status_pb2.GetStatusRequest(request_id=_PROBE_REQUEST_ID, summary_only=True),
+            metadata=metadata, timeout=CHECK_TIMEOUT_SECONDS)
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            return _OK
+        raise
+    return _OK
+
+
+async def _outcome(check: Awaitable[str]) -> str:
+    try:
+        return await check
+    except grpc.aio.AioRpcError as error:
+        return f"{error.code().name}: {(error.details() or '')[:200]}"
