@@ -329,3 +329,29 @@ async def test_server_stops_cleanly_with_parked_and_idle_connections() -> None:
                 await f.fetch(url)  # leaves a handler parked in the hang route
             assert len(set(threading.enumerate()) - before) >= 2
     assert set(threading.enumerate()) - before == set()
+
+
+async def test_error_pages_leave_their_connection_for_the_next_download(
+        fetcher: SafeFetcher) -> None:
+    """A catalogue full of 404s must not open a connection per image."""
+    connections = 0
+    answers = {b"/gone.jpg": b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found",
+               b"/moved.jpg": b"HTTP/1.1 301 Moved\r\nLocation: /gone.jpg\r\n"
+                              b"Content-Length: 5\r\n\r\nmoved"}
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            writer.write(answers[head.split(b" ")[1]])
+            await writer.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        for path in ("gone.jpg", "moved.jpg", "gone.jpg"):
+            error = await fetch_error(fetcher, f"http://127.0.0.1:{port}/{path}")
+            assert error.reason == "HTTP 404 from source"
+        assert connections == 1
+    finally:
+        server.close()
