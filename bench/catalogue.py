@@ -39,6 +39,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from bench import cpu
 from bench.corpus import serving
 from bench.pipeline import BenchError, StackClient, bench_settings, print_logs
 from bench.stats import percentile
@@ -184,14 +185,30 @@ def measure(settings: Settings, environment: dict[str, str], log_dir: Path, orig
             answer = client.upload(csv_bytes, webhook_url=hook_url)
             grpc_seconds = time.perf_counter() - started
             uploaded_wall = time.time()
+            drain_before = cpu.snapshot()
             report.add(Figure("ingest over gRPC", images / grpc_seconds, "images/s",
                               ">= 30,000/s", images / grpc_seconds >= 30_000))
             wait_terminal(client, answer.request_id, timeout=max(600.0, images / 50))
+            drain_cores = cpu.usage(drain_before, cpu.snapshot(), {
+                process.pid: name.split("-")[0] for name, process in stack.processes.items()})
             full = client.get_status(answer.request_id, summary_only=True)
             drain = full.completed_at.ToNanoseconds() / 1e9 - uploaded_wall
             report.add(Figure("jobs/s for failing images (404)", images / drain, "jobs/s",
                               f">= 1,000/s ({images:,} in <= {images / 1000:.0f} s)",
                               images / drain >= 1000))
+            if drain_cores is not None:
+                # CPU per job holds still when other load on the machine slows the rate.
+                elapsed = time.time() - uploaded_wall
+                parts = {name: cores * elapsed / images * 1000
+                         for name, cores in drain_cores.items()}
+                own = sum(ms_per_job for name, ms_per_job in parts.items()
+                          if name not in (cpu.OTHER, cpu.BENCH))
+                report.add(Figure("CPU per failing job, all services", own, "ms", "",
+                                  None, ", ".join(f"{name} {value:.2f}" for name, value
+                                                  in sorted(parts.items()) if value >= 0.01
+                                                  and name not in (cpu.OTHER, cpu.BENCH))))
+                report.add(Figure("other load during the drain", drain_cores.get(cpu.OTHER, 0),
+                                  "cores"))
             request_id = answer.request_id
             summary = latencies(lambda: http.get(f"{gateway}/status/{request_id}",
                                                  params={"limit": 1}), 5)
