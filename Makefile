@@ -62,10 +62,12 @@ protos: $(STAMP)
 check-protos: protos
 	git diff --exit-code -- src/pixpipe/v1 || (echo "generated stubs are stale: run make protos and commit" && exit 1)
 
-## Throughput benchmark: end-to-end images/s against raw Pillow on the same images.
+## Benchmarks: end-to-end images/s against raw Pillow on the same images, watcher delays,
+## and one 100,000-image request on every interface (PIXPIPE_BENCH_DATABASE_URL: PostgreSQL).
 bench: $(STAMP)
 	$(BIN)/python -m bench.pipeline $(BENCH_ARGS)
 	$(BIN)/python -m bench.watchers
+	$(BIN)/python -m bench.catalogue
 
 clean:
 	rm -rf $(VENV) pixpipe-data .tools .pytest_cache .mypy_cache .ruff_cache
