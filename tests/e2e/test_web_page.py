@@ -6,10 +6,13 @@ import csv
 import io
 import re
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 try:
@@ -19,7 +22,7 @@ except ImportError:  # pragma: no cover - CI installs it; see .ci/run
                 allow_module_level=True)
 
 from tests.support.http_server import CorpusHttpServer
-from tests.support.infrastructure import start_own_nats
+from tests.support.infrastructure import database_for_tests, start_own_nats
 from tests.support.stack import RunningStack, products_csv, running_stack, stack_settings
 from tests.support.webhook_receiver import WebhookReceiver
 
@@ -100,7 +103,7 @@ async def expect_finished_view(page: Page) -> None:
     await expect(page.locator("#count-total")).to_have_text("14")
     await expect(page.locator("#count-completed")).to_have_text("12")
     await expect(page.locator("#count-failed")).to_have_text("2")
-    await expect(page.locator("#count-remaining")).to_have_text("0")
+    await expect(page.locator("#count-in-progress")).to_have_text("0")
     await expect(page.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "100")
     await expect(page.locator("tr.image-row")).to_have_count(14)
     await expect(page.locator('tr.image-row[data-status="completed"]')).to_have_count(12)
@@ -228,7 +231,7 @@ async def test_the_live_view_moves_while_the_request_runs(
     try:
         await upload_through_the_page(page, stack.gateway_url, csv_path)
         await expect(page.locator("#count-completed")).to_have_text("1")
-        await expect(page.locator("#count-remaining")).to_have_text("1")
+        await expect(page.locator("#count-in-progress")).to_have_text("1")
         await expect(page.locator("#live-status")).to_have_text("Processing")
         await expect(page.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "50")
         await expect(page.get_by_role("button", name="Download output CSV")).to_be_disabled()
@@ -290,6 +293,138 @@ async def test_with_an_api_token_the_page_polls_and_sends_it(
     download = await download_info.value
     header = (await download.path()).read_text(encoding="utf-8").splitlines()[0]
     assert header.endswith("Output Image Urls")
-    assert any(url.endswith(f"/status/{request_id}") for url in asked)
+    assert any(urlsplit(url).path == f"/status/{request_id}" for url in asked)
     assert not any(url.endswith("/events") for url in asked), "EventSource cannot carry a token"
 
+
+
+CATALOGUE_IMAGES = 20_000
+PAGE_SIZE = 100
+# One image in this many is a real photo; the rest point at a path the origin answers 404.
+REAL_PHOTO_EVERY = 2000
+FIRST_PAGE_BUDGET_SECONDS = 3.0
+# Rendered by the animation-frame poll, so the clock stops when the rows are on screen.
+FIRST_PAGE_SHOWN = """([rows, total]) =>
+  document.querySelectorAll('tr.image-row').length === rows &&
+  document.getElementById('count-total').textContent.replace(/\\D/g, '') === String(total)"""
+FAILED_AT_LEAST = """least =>
+  Number(document.getElementById('count-failed').textContent.replace(/\\D/g, '')) >= least"""
+
+
+def catalogue_csv(origin: CorpusHttpServer) -> bytes:
+    """One image per product: mostly 404s (fast failures), a real photo now and then."""
+    lines = ["S. No.,Product Name,Input Image Urls"]
+    for serial in range(1, CATALOGUE_IMAGES + 1):
+        url = (origin.url(f"photos/logo.png?catalogue={serial}")
+               if serial % REAL_PHOTO_EVERY == 1 else origin.url(f"gone/{serial}.jpg"))
+        lines.append(f"{serial},Product {serial},{url}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.fixture
+def catalogue_stack(tmp_path: Path) -> Iterator[RunningStack]:
+    """A stack with its own database and nats-server for one 20,000-image request.
+
+    Its worker is still busy with that request when the test ends: stopping the stack drops
+    the rest rather than leaving it to slow the module's other tests.
+    """
+    (tmp_path / "db").mkdir()
+    nats_server = start_own_nats(tmp_path / "nats")
+    try:
+        with database_for_tests(tmp_path / "db") as database_url:
+            environment = stack_settings(tmp_path / "stack", database_url=database_url,
+                                         nats_url=nats_server.url)
+            with running_stack(tmp_path / "stack", environment, workers=1) as running:
+                yield running
+    finally:
+        nats_server.stop()
+
+
+async def serials(page: Page) -> list[int]:
+    texts = await page.locator("tr.image-row .serial").all_inner_texts()
+    return [int(text.lstrip("#")) for text in texts]
+
+
+async def test_a_catalogue_of_20000_images_is_paged(
+        catalogue_stack: RunningStack, corpus_server: CorpusHttpServer, page: Page) -> None:
+    gateway = catalogue_stack.gateway_url
+    async with httpx.AsyncClient(base_url=gateway, timeout=120) as client:
+        answer = await client.post("/upload/", files={
+            "file": ("catalogue.csv", catalogue_csv(corpus_server), "text/csv")})
+    assert answer.status_code == 200, answer.text
+    request_id = answer.json()["request_id"]
+    assert answer.json()["image_count"] == CATALOGUE_IMAGES
+
+    origin = corpus_server.url("/")
+    from_origin: list[str] = []
+    status_reads: list[str] = []
+
+    def note(url: str) -> None:
+        if url.startswith(origin):
+            from_origin.append(url)
+        elif urlsplit(url).path == f"/status/{request_id}":
+            status_reads.append(url)
+
+    page.on("request", lambda request: note(request.url))
+    rows = page.locator("tr.image-row")
+    top_pager = page.get_by_role("navigation", name="Image pages", exact=True)
+
+    started = time.monotonic()
+    await page.goto(f"{gateway}/#/requests/{request_id}")
+    await page.wait_for_function(FIRST_PAGE_SHOWN, arg=[PAGE_SIZE, CATALOGUE_IMAGES])
+    loaded_in = time.monotonic() - started
+    print(f"first page of {CATALOGUE_IMAGES} images shown in {loaded_in:.2f} s")
+    assert loaded_in < FIRST_PAGE_BUDGET_SECONDS, f"first page took {loaded_in:.2f} s"
+
+    # One page of rows in the DOM, not one per image; the counters are all there.
+    assert await page.locator("#image-rows tr").count() == PAGE_SIZE
+    assert await serials(page) == list(range(1, PAGE_SIZE + 1))
+    for counter in ("#count-completed", "#count-failed", "#count-in-progress"):
+        await expect(page.locator(counter)).to_have_text(re.compile(r"^\d[\d,.\s]*$"))
+    await expect(top_pager.locator(".page-info")).to_have_text(
+        re.compile(r"^Images 1–100 of 20.?000$"))
+
+    # Events move the counters, and neither re-read nor redraw the page on screen.
+    await rows.first.evaluate("row => { row.dataset.probe = 'kept'; }")
+    reads = len(status_reads)
+    failed_now = int(re.sub(r"\D", "", await page.locator("#count-failed").inner_text()))
+    await page.wait_for_function(FAILED_AT_LEAST, arg=failed_now + 300)
+    await expect(page.locator("tr.image-row[data-probe=kept]")).to_have_count(1)
+    assert len(status_reads) - reads <= 1, status_reads[reads:]  # the completion may re-read it
+
+    # Jumping to the failures shows the first page of failed images, and only those.
+    await page.get_by_role("button", name="Jump to the failures").click()
+    await expect(page.get_by_role("button", name="Failed", exact=True)
+                 ).to_have_attribute("aria-pressed", "true")
+    await expect(rows.first.locator(".serial")).to_have_text("#2")
+    await expect(page.locator('tr.image-row:not([data-status="failed"])')).to_have_count(0)
+    assert await rows.count() == PAGE_SIZE
+    await expect(rows.first).to_contain_text("HTTP 404 from source")
+    await top_pager.get_by_role("button", name="Next").click()
+    await expect(rows.first.locator(".serial")).to_have_text(f"#{PAGE_SIZE + 2}")
+    await expect(page.locator('tr.image-row:not([data-status="failed"])')).to_have_count(0)
+
+    # Every image again, a page at a time, forward and back.
+    await page.get_by_role("button", name="All", exact=True).click()
+    await expect(rows.first.locator(".serial")).to_have_text("#1")
+    await top_pager.get_by_role("button", name="Next").click()
+    await expect(rows.first.locator(".serial")).to_have_text(f"#{PAGE_SIZE + 1}")
+    assert await serials(page) == list(range(PAGE_SIZE + 1, 2 * PAGE_SIZE + 1))
+    await expect(top_pager.locator(".page-info")).to_have_text(
+        re.compile(r"^Images 101–200 of 20.?000$"))
+    await top_pager.get_by_role("button", name="Previous").click()
+    await expect(rows.first.locator(".serial")).to_have_text("#1")
+
+    # Sources are links, never images: only compressed outputs load, and lazily.
+    first_source = rows.nth(1).locator("a.source-name")
+    await expect(first_source).to_have_attribute("href", corpus_server.url("gone/2.jpg"))
+    await expect(rows.first.locator("td.after img")).to_have_attribute("loading", "lazy")
+    image_sources = await page.eval_on_selector_all("img", "images => images.map(i => i.src)")
+    assert not [source for source in image_sources if source.startswith(origin)]
+    assert not from_origin, f"the page fetched sources itself: {from_origin[:3]}"
+    await page.evaluate("window.scrollTo(0, 0)")
+    await page.screenshot(path=artifact("web-page-catalogue.png"))
+    await page.set_viewport_size({"width": 420, "height": 900})
+    await page.screenshot(path=artifact("web-page-catalogue-narrow.png"))
+    await page.get_by_role("button", name="Jump to the failures").click()
+    await page.screenshot(path=artifact("web-page-catalogue-failed.png"))

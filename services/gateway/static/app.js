@@ -7,12 +7,14 @@
   const RECENT_LIMIT = 20;
   const RECENT_REFRESH_MS = 15000;
   const POLL_MS = 1000;
-  const ROWS_PER_FRAME = 400;
+  // Rows on screen at once: a request may hold 100,000 images, so the table shows one page.
+  const PAGE_SIZE = 100;
+  // While images move in or out of a filtered page, it is fetched again at most this often.
+  const REFRESH_MS = 1000;
   // After the request ends, its webhook is usually delivered within seconds; look again a
-  // few times (small requests only: the status answer carries every image).
+  // few times.
   const WEBHOOK_CHECK_MS = 2000;
   const WEBHOOK_CHECKS = 30;
-  const WEBHOOK_CHECK_MAX_IMAGES = 2000;
   const TERMINAL = new Set(["completed", "failed"]);
   const REQUEST_WORDS = {
     pending: "Waiting", processing: "Processing", completed: "Completed", failed: "Failed",
@@ -395,7 +397,20 @@
         item.failed === request.failed && item.total === request.total)) return;
     Object.assign(item, { status: request.status, total: request.total,
       completed: request.completed, failed: request.failed });
-    renderRecent(recentRequests);
+    // Only this entry's words change: live events come many times a second.
+    const link = Array.from(recentList.querySelectorAll("a.recent-item"))
+      .find((node) => node.dataset.requestId === item.request_id);
+    if (!link) return;
+    const badge = link.querySelector(".badge");
+    badge.dataset.status = item.status;
+    badge.textContent = REQUEST_WORDS[item.status] || item.status;
+    link.querySelector(".recent-summary").textContent = recentSummary(item);
+  }
+
+  function recentSummary(item) {
+    const done = (item.completed || 0) + (item.failed || 0);
+    return `${integerFormat.format(done)}/${integerFormat.format(item.total || 0)} done` +
+      (item.failed ? ` · ${integerFormat.format(item.failed)} failed` : "");
   }
 
   function renderRecent(requests) {
@@ -403,9 +418,6 @@
     const current = live ? live.requestId : null;
     recentList.replaceChildren(...requests.map((item) => {
       const created = parseTime(item.created_at);
-      const done = (item.completed || 0) + (item.failed || 0);
-      const summary = `${integerFormat.format(done)}/${integerFormat.format(item.total || 0)} done` +
-        (item.failed ? ` · ${integerFormat.format(item.failed)} failed` : "");
       return h("li", {},
         h("a", {
           href: `#/requests/${encodeURIComponent(item.request_id)}`,
@@ -418,7 +430,7 @@
           h("span", { class: "badge small", dataset: { status: item.status } },
             REQUEST_WORDS[item.status] || item.status)),
         h("span", { class: "recent-bottom" },
-          h("span", {}, summary),
+          h("span", { class: "recent-summary" }, recentSummary(item)),
           created ? h("time", { dateTime: created.toISOString(), title: timeFormat.format(created) },
             relativeTime(created)) : null)));
     }));
@@ -476,33 +488,60 @@
     total: $("count-total"),
     completed: $("count-completed"),
     failed: $("count-failed"),
-    remaining: $("count-remaining"),
-    saved: $("count-saved"),
+    inProgress: $("count-in-progress"),
+    jumpFailures: $("jump-failures"),
     connection: $("live-connection"),
     announce: $("live-announce"),
     error: $("live-error"),
     webhookBox: $("webhook-box"),
     webhookUrl: $("webhook-url"),
     webhookState: $("webhook-state"),
+    imagesHead: document.querySelector(".images-head"),
+    chips: Array.from(document.querySelectorAll(".chip[data-filter]")),
+    pagers: Array.from(document.querySelectorAll(".pager")),
     table: $("images"),
     rows: $("image-rows"),
   };
 
+  const FILTERS = new Set(["all", "failed", "completed", "processing", "pending"]);
+  const FILTER_NOUNS = {
+    all: "Images", failed: "Failed images", completed: "Completed images",
+    processing: "Images being processed", pending: "Queued images",
+  };
+  const EMPTY_PAGE_WORDS = {
+    all: "No images.", failed: "No failed images.", completed: "No completed images yet.",
+    processing: "No image is being processed right now.", pending: "No image is waiting.",
+  };
+
   let live = null;
 
-  /** One request on screen: its model, its rows and the feed (SSE or polling) keeping it fresh. */
+  /**
+   * One request on screen: its summary, one page of its images, and the feed (SSE, or polling
+   * when a token is needed) keeping both fresh. Events update the counters and the rows on
+   * this page; other pages are read from GET /status when the user goes to them.
+   */
   class LiveRequest {
     constructor(requestId) {
       this.requestId = requestId;
       this.version = -1;
       this.request = { request_id: requestId, status: "pending", total: 0, completed: 0, failed: 0 };
-      this.images = new Map();
-      this.bytesIn = 0;
-      this.bytesOut = 0;
+      this.filter = "all";
+      // The page token of every page from the first to the one on screen (the last).
+      this.tokens = [""];
+      this.nextToken = null;
+      this.rows = new Map();
+      this.firstImage = null;
+      this.lastImage = null;
+      this.pageLoaded = false;
+      this.turning = true;
+      this.pageCalls = 0;
+      // Image events that arrive while a page is on its way: the answer may predate them.
+      this.held = null;
+      this.refreshTimer = null;
       this.dirty = new Set();
-      this.pendingRows = [];
       this.frame = 0;
       this.source = null;
+      this.polling = false;
       this.pollTimer = null;
       this.webhookTimer = null;
       this.followingWebhook = false;
@@ -510,12 +549,17 @@
       this.failedToLoad = false;
     }
 
+    get pageIndex() {
+      return this.tokens.length - 1;
+    }
+
     start() {
       if (apiToken) {
         // EventSource cannot send an Authorization header; ask for the status instead.
-        this.poll();
+        this.startPolling();
       } else {
         this.listen();
+        this.loadPage();
       }
     }
 
@@ -524,8 +568,14 @@
       if (this.source) this.source.close();
       this.source = null;
       clearTimeout(this.pollTimer);
+      clearTimeout(this.refreshTimer);
       clearTimeout(this.webhookTimer);
       cancelAnimationFrame(this.frame);
+    }
+
+    startPolling() {
+      this.polling = true;
+      this.loadPage();
     }
 
     listen() {
@@ -535,7 +585,11 @@
       source.addEventListener("open", () => this.setConnection("Live updates"));
       source.addEventListener("snapshot", (event) => {
         const data = JSON.parse(event.data);
-        this.applyRequest(data.request, data.version);
+        this.applySummary(data.request, data.version);
+        // The snapshot carries the request's first images: those on this page follow it.
+        for (const image of (data.request && data.request.images) || []) {
+          this.updateRow(this.rows.get(image.image_id), image, data.version);
+        }
       });
       source.addEventListener("image", (event) => this.applyImageEvent(JSON.parse(event.data)));
       source.addEventListener("completed", (event) => {
@@ -543,7 +597,9 @@
         // The server ends the stream now; closing first stops EventSource reconnecting.
         source.close();
         this.source = null;
-        this.applyRequest(data.request, data.version);
+        this.applySummary(data.request, data.version);
+        // The final state of this page in one read, whatever events were coalesced.
+        this.loadPage();
       });
       source.addEventListener("error", (event) => {
         if (this.stopped) return;
@@ -558,40 +614,132 @@
           source.close();
           this.source = null;
           this.setConnection(`Live updates stopped (${message}); checking every second instead.`);
-          this.poll();
+          this.startPolling();
         } else if (source.readyState === EventSource.CLOSED) {
-          // Refused outright (unknown id, token needed): fetch the status to learn why.
+          // Refused outright (unknown id, token needed): the status answer says why.
           this.source = null;
-          this.poll();
+          if (!this.failedToLoad) this.startPolling();
         } else {
           this.setConnection("Connection lost — reconnecting…");
         }
       });
     }
 
-    async poll() {
+    /** Reads the page on screen (again); its answer refreshes the summary too. */
+    async loadPage() {
       if (this.stopped) return;
+      clearTimeout(this.pollTimer);
+      clearTimeout(this.refreshTimer);
+      this.refreshTimer = null;
+      const call = ++this.pageCalls;
+      if (!this.held) this.held = new Map();
+      view.table.setAttribute("aria-busy", "true");
+      const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
+      if (this.filter !== "all") query.set("status", this.filter);
+      if (this.tokens[this.pageIndex]) query.set("page_token", this.tokens[this.pageIndex]);
+      let answer;
       try {
-        const request = await apiJson(requestPath(this.requestId));
-        if (this.stopped) return;
-        this.hideError();
-        this.applyRequest(request, request.version, true);
-        if (!TERMINAL.has(request.status)) {
-          this.setConnection("Checking every second");
-          this.pollTimer = setTimeout(() => this.poll(), POLL_MS);
-        }
+        answer = await apiJson(`${requestPath(this.requestId)}?${query}`);
       } catch (error) {
-        if (this.stopped || !(error instanceof ApiError)) throw error;
-        if (error.status === 0 || error.status >= 500) {
-          this.setConnection(`${error.message} Trying again…`);
-          this.pollTimer = setTimeout(() => this.poll(), POLL_MS * 3);
-        } else {
-          this.failedToLoad = true;
-          this.setConnection("");
-          this.showError(error.status === 404
-            ? "There is no request with this id." : error.message);
-        }
+        if (!(error instanceof ApiError)) throw error;
+        if (this.stopped || call !== this.pageCalls) return;
+        this.held = null;
+        view.table.setAttribute("aria-busy", "false");
+        this.pageFailed(error);
+        return;
       }
+      if (this.stopped || call !== this.pageCalls) return;
+      const held = this.held;
+      this.held = null;
+      view.table.setAttribute("aria-busy", "false");
+      this.failedToLoad = false;
+      this.hideError();
+      this.applySummary(answer, answer.version);
+      const images = Array.isArray(answer.images) ? answer.images : [];
+      if (!images.length && this.pageIndex > 0) {
+        // Every image of this page has moved on to another state: show the page before.
+        this.tokens.pop();
+        this.loadPage();
+        return;
+      }
+      this.showPage(images, answer.version, answer.next_page_token || null, held);
+      if (this.polling && !TERMINAL.has(this.request.status)) {
+        this.setConnection("Checking every second");
+        this.pollTimer = setTimeout(() => this.loadPage(), POLL_MS);
+      }
+    }
+
+    pageFailed(error) {
+      if (error.status === 0 || error.status >= 500) {
+        this.setConnection(`${error.message} Trying again…`);
+        this.pollTimer = setTimeout(() => this.loadPage(), POLL_MS * 3);
+      } else if (error.status === 400 && this.pageIndex > 0) {
+        // A page token the gateway no longer takes: start the list again.
+        this.tokens = [""];
+        this.loadPage();
+      } else {
+        this.failedToLoad = true;
+        this.turning = false;
+        this.renderPager();
+        this.setConnection("");
+        this.showError(error.status === 404
+          ? "There is no request with this id." : error.message);
+      }
+    }
+
+    /** Puts a fetched page on screen, keeping the rows (and loaded thumbnails) it shares. */
+    showPage(images, version, nextToken, held) {
+      const rows = new Map();
+      for (const image of images) {
+        const entry = this.rows.get(image.image_id) || { data: image, version, row: null, shown: {} };
+        if (entry.version <= version) {
+          entry.data = image;
+          entry.version = version;
+        }
+        rows.set(image.image_id, entry);
+      }
+      for (const { image, version: changed } of held ? held.values() : []) {
+        this.updateRow(rows.get(image.image_id), image, changed);
+      }
+      this.rows = rows;
+      this.firstImage = images.length ? images[0] : null;
+      this.lastImage = images.length ? images[images.length - 1] : null;
+      this.nextToken = nextToken;
+      this.pageLoaded = true;
+      this.turning = false;
+      const fragment = document.createDocumentFragment();
+      for (const entry of rows.values()) {
+        renderRow(entry);
+        this.dirty.delete(entry);
+        fragment.append(entry.row);
+      }
+      if (!rows.size) {
+        fragment.append(h("tr", { class: "empty-row" },
+          h("td", { colSpan: 6 }, EMPTY_PAGE_WORDS[this.filter])));
+      }
+      view.rows.replaceChildren(fragment);
+      this.renderPager();
+    }
+
+    setFilter(filter) {
+      if (!FILTERS.has(filter)) return;
+      this.filter = filter;
+      this.turnTo([""]);
+    }
+
+    goTo(where) {
+      if (this.turning) return;
+      if (where === "next" && this.nextToken) this.turnTo([...this.tokens, this.nextToken]);
+      else if (where === "previous" && this.pageIndex > 0) this.turnTo(this.tokens.slice(0, -1));
+      else if (where === "first") this.turnTo([""]);
+    }
+
+    turnTo(tokens) {
+      this.tokens = tokens;
+      this.nextToken = null;
+      this.turning = true;
+      this.renderPager();
+      this.loadPage();
     }
 
     setConnection(text) {
@@ -607,16 +755,18 @@
       view.error.hidden = true;
     }
 
-    /** A full picture of the request (snapshot, completion or a polled status). */
-    applyRequest(request, version, fromPoll = false) {
+    /** The request's summary from a snapshot, a completion or a status answer. */
+    applySummary(request, version) {
       if (!request) return;
-      if (!fromPoll && typeof version === "number" && version < this.version) return;
-      this.version = typeof version === "number" ? version : this.version;
+      const { images: _images, next_page_token: _next, ...summary } = request;
       const wasTerminal = TERMINAL.has(this.request.status);
-      this.request = { ...this.request, ...request };
-      if (Array.isArray(request.images)) {
-        const firstTime = this.images.size === 0;
-        for (const image of request.images) this.storeImage(image, firstTime);
+      if (typeof version === "number" && version < this.version) {
+        // Older than events already shown: keep their counters, take the rest.
+        const { status: _s, total: _t, completed: _c, failed: _f, in_progress: _i, ...rest } = summary;
+        this.request = { ...this.request, ...rest };
+      } else {
+        this.request = { ...this.request, ...summary };
+        if (typeof version === "number") this.version = version;
       }
       this.schedule();
       if (!wasTerminal && TERMINAL.has(this.request.status)) this.finished();
@@ -637,34 +787,42 @@
         ...this.request, status: data.status, total: data.total,
         completed: data.completed, failed: data.failed,
       };
-      if (data.image) this.storeImage(data.image, false);
+      const image = data.image;
+      if (image) {
+        if (this.held) this.held.set(image.image_id, { image, version: data.version });
+        const entry = this.rows.get(image.image_id);
+        this.updateRow(entry, image, data.version);
+        if (this.filter !== "all" && this.movesThroughPage(image, entry)) this.refreshSoon();
+      }
       this.schedule();
       // The last image's event already carries the terminal state the completion repeats.
       if (!wasTerminal && TERMINAL.has(this.request.status)) this.finished();
     }
 
-    storeImage(image, inBulk) {
-      const known = this.images.get(image.image_id);
-      if (known) {
-        if (sameImage(known.data, image)) return;
-        this.countBytes(known.data, -1);
-        known.data = image;
-        this.countBytes(image, 1);
-        this.dirty.add(known);
-        return;
-      }
-      const entry = { data: image, row: null, shown: {} };
-      this.images.set(image.image_id, entry);
-      this.countBytes(image, 1);
-      this.pendingRows.push(entry);
-      if (!inBulk) this.pendingRows.sort(byProductOrder);
+    updateRow(entry, image, version) {
+      if (!entry || (typeof version === "number" && version < entry.version)) return;
+      if (typeof version === "number") entry.version = version;
+      if (sameImage(entry.data, image)) return;
+      entry.data = image;
+      this.dirty.add(entry);
     }
 
-    countBytes(image, sign) {
-      if (image.status === "completed" && image.bytes_in > 0 && image.bytes_out > 0) {
-        this.bytesIn += sign * image.bytes_in;
-        this.bytesOut += sign * image.bytes_out;
-      }
+    /** Whether an image just left this filtered page, or joined the filter within its range. */
+    movesThroughPage(image, entry) {
+      if (!this.pageLoaded || this.turning) return false;
+      if (entry) return image.status !== this.filter;
+      if (image.status !== this.filter) return false;
+      if (this.pageIndex > 0 && this.firstImage && compareImages(image, this.firstImage) < 0) return false;
+      return !(this.nextToken && this.lastImage && compareImages(image, this.lastImage) > 0);
+    }
+
+    refreshSoon() {
+      // A polled page is read again every second anyway.
+      if (this.polling || this.refreshTimer) return;
+      this.refreshTimer = setTimeout(() => {
+        this.refreshTimer = null;
+        this.loadPage();
+      }, REFRESH_MS);
     }
 
     finished() {
@@ -681,14 +839,15 @@
     followWebhook(checks) {
       const webhook = this.request.webhook;
       if (this.stopped || !webhook || !["pending", "delivering"].includes(webhook.state) ||
-          checks >= WEBHOOK_CHECKS || (this.request.total || 0) > WEBHOOK_CHECK_MAX_IMAGES) {
+          checks >= WEBHOOK_CHECKS) {
         return;
       }
       this.webhookTimer = setTimeout(async () => {
         try {
-          const request = await apiJson(requestPath(this.requestId));
+          // One image is the least a status answer can carry; only the summary is wanted.
+          const request = await apiJson(`${requestPath(this.requestId)}?limit=1`);
           if (this.stopped) return;
-          this.applyRequest(request, request.version, true);
+          this.applySummary(request, request.version);
         } catch (error) {
           if (!(error instanceof ApiError)) throw error;
         }
@@ -709,18 +868,11 @@
     render() {
       if (this.stopped) return;
       this.renderSummary();
-      for (const entry of this.dirty) if (entry.row) renderRow(entry);
-      this.dirty.clear();
-      if (this.pendingRows.length) {
-        const batch = this.pendingRows.splice(0, ROWS_PER_FRAME);
-        const fragment = document.createDocumentFragment();
-        for (const entry of batch) {
-          renderRow(entry);
-          fragment.append(entry.row);
-        }
-        insertRows(fragment, batch);
-        if (this.pendingRows.length) this.schedule();
+      this.renderPager();
+      for (const entry of this.dirty) {
+        if (this.rows.get(entry.data.image_id) === entry) renderRow(entry);
       }
+      this.dirty.clear();
     }
 
     renderSummary() {
@@ -761,12 +913,8 @@
       view.total.textContent = integerFormat.format(total);
       view.completed.textContent = integerFormat.format(completed);
       view.failed.textContent = integerFormat.format(failed);
-      view.remaining.textContent = integerFormat.format(Math.max(0, total - done));
-      const saving = savingRatio(this.bytesIn, this.bytesOut);
-      view.saved.textContent = saving === null ? "—"
-        : `${formatBytes(this.bytesIn - this.bytesOut)} (${Math.round(saving * 100)}%)`;
-      view.saved.title = saving === null ? ""
-        : `${formatBytes(this.bytesIn)} in, ${formatBytes(this.bytesOut)} out`;
+      view.inProgress.textContent = integerFormat.format(Math.max(0, total - done));
+      view.jumpFailures.hidden = failed === 0;
 
       syncRecent(request);
       const webhook = request.webhook;
@@ -778,6 +926,35 @@
       document.title = terminal
         ? `${REQUEST_WORDS[request.status]} · ${request.file_name || "request"} — pixpipe`
         : `${percent}% · ${request.file_name || "request"} — pixpipe`;
+    }
+
+    /** Which rows are shown, the filter chips, and which way the user can page. */
+    renderPager() {
+      const counts = { all: this.request.total, failed: this.request.failed,
+        completed: this.request.completed };
+      const count = counts[this.filter];
+      const first = this.pageIndex * PAGE_SIZE + 1;
+      let words = "";
+      if (this.turning) {
+        words = `Loading page ${integerFormat.format(this.pageIndex + 1)}…`;
+      } else if (this.rows.size) {
+        words = `${FILTER_NOUNS[this.filter]} ${integerFormat.format(first)}–` +
+          `${integerFormat.format(first + this.rows.size - 1)}` +
+          (typeof count === "number" ? ` of ${integerFormat.format(count)}` : "");
+      }
+      for (const pager of view.pagers) {
+        const info = pager.querySelector(".page-info");
+        if (info.textContent !== words) info.textContent = words;
+        // aria-disabled rather than disabled: a focused button keeps its focus.
+        for (const button of pager.querySelectorAll("button[data-page]")) {
+          const off = this.turning ||
+            (button.dataset.page === "next" ? !this.nextToken : this.pageIndex === 0);
+          button.setAttribute("aria-disabled", String(off));
+        }
+      }
+      for (const chip of view.chips) {
+        chip.setAttribute("aria-pressed", String(chip.dataset.filter === this.filter));
+      }
     }
   }
 
@@ -809,73 +986,76 @@
       a.bytes_in === b.bytes_in && a.bytes_out === b.bytes_out;
   }
 
-  function byProductOrder(a, b) {
-    return (a.data.serial_number - b.data.serial_number) || (a.data.position - b.data.position);
+  /** Images are listed by serial number, then by their place in the product's cell. */
+  function compareImages(a, b) {
+    return (a.serial_number - b.serial_number) || (a.position - b.position);
   }
 
-  /** Rows usually arrive in order; a late newcomer is slotted in by serial and position. */
-  function insertRows(fragment, batch) {
-    const first = batch[0];
-    const last = view.rows.lastElementChild;
-    if (!last || byProductOrder(last.entry, first) <= 0) {
-      view.rows.append(fragment);
-      return;
-    }
-    for (const entry of batch) {
-      const after = Array.from(view.rows.children).find((row) => byProductOrder(row.entry, entry) > 0);
-      view.rows.insertBefore(entry.row, after || null);
-    }
-  }
-
-  function thumbnail(url, alt, emptyText) {
+  /** The compressed image, loaded only when its row scrolls near the viewport. */
+  function thumbnail(url, alt) {
     const href = safeUrl(url);
-    if (!href) return h("span", { class: "thumb empty" }, emptyText);
+    if (!href) return h("span", { class: "thumb empty" }, "—");
     const image = h("img", {
       src: href, alt, loading: "lazy", decoding: "async", width: 64, height: 64,
-      referrerPolicy: "no-referrer",
     });
     const link = h("a", { href, target: "_blank", rel: "noopener noreferrer", class: "thumb",
-      title: "Open the full image" }, image);
+      title: "Open the compressed image" }, image);
     image.addEventListener("error", () => {
       link.replaceWith(h("span", { class: "thumb empty" }, "No preview"));
     }, { once: true });
     return link;
   }
 
+  /** The source is named and linked, never loaded: a page must not fetch 100 origins' images. */
+  function sourceLink(url) {
+    const href = safeUrl(url);
+    const name = lastPathSegment(url);
+    let host = "";
+    try {
+      host = new URL(url).host;
+    } catch {
+      host = "";
+    }
+    return [
+      href
+        ? h("a", { href, class: "source-name", target: "_blank", rel: "noopener noreferrer",
+          referrerPolicy: "no-referrer", title: url }, name)
+        : h("span", { class: "source-name", title: url }, name),
+      h("span", { class: "source-host" }, host),
+    ];
+  }
+
   function renderRow(entry) {
     const image = entry.data;
     if (!entry.row) {
       entry.row = h("tr", { class: "image-row" });
-      entry.row.entry = entry;
       entry.cells = Array.from({ length: 6 }, (_, index) =>
         entry.row.appendChild(h("td", { class: index === 3 || index === 4 ? "num" : "" })));
     }
-    const [product, before, after, size, saving, status] = entry.cells;
+    const [product, source, after, size, saving, status] = entry.cells;
     const shown = entry.shown;
     entry.row.dataset.status = image.status;
     entry.row.dataset.imageId = image.image_id;
 
     if (!shown.product) {
       shown.product = true;
-      const label = `${image.product_name}, image ${image.position + 1}`;
       product.replaceChildren(
         h("div", { class: "product" },
           h("span", { class: "serial" }, `#${image.serial_number}`),
           h("span", { class: "product-name" }, image.product_name)),
-        h("div", { class: "source", title: image.input_url },
-          `Image ${image.position + 1} · ${lastPathSegment(image.input_url)}`));
-      before.replaceChildren(thumbnail(image.input_url, `Original: ${label}`, "No preview"));
-      before.classList.add("thumb-cell", "before");
+        h("div", { class: "image-position" }, `Image ${image.position + 1}`));
+      source.replaceChildren(...sourceLink(image.input_url));
+      source.classList.add("source");
       after.classList.add("thumb-cell", "after");
-      entry.label = label;
+      entry.label = `${image.product_name}, image ${image.position + 1}`;
     }
     if (shown.output !== image.output_url || shown.afterStatus !== image.status) {
       shown.output = image.output_url;
       shown.afterStatus = image.status;
       after.replaceChildren(image.output_url
-        ? thumbnail(image.output_url, `Compressed: ${entry.label}`, "—")
-        : h("span", { class: "thumb empty" },
-          image.status === "failed" ? "None" : image.status === "processing" ? "Working…" : "Waiting"));
+        ? thumbnail(image.output_url, `Compressed: ${entry.label}`)
+        : image.status === "failed" ? h("span", { class: "thumb-none" }, "None")
+          : h("span", { class: "thumb empty" }, image.status === "processing" ? "Working…" : "Waiting"));
     }
     size.replaceChildren(image.status === "completed" && image.bytes_in > 0
       ? h("span", {}, formatBytes(image.bytes_in),
@@ -899,7 +1079,6 @@
     view.announce.textContent = "";
     view.connection.textContent = "";
     view.webhookBox.hidden = true;
-    setFilter("all");
   }
 
   function openRequest(requestId) {
@@ -909,6 +1088,7 @@
     view.section.hidden = false;
     live = new LiveRequest(requestId);
     live.renderSummary();
+    live.renderPager();
     live.start();
     markCurrentInRecent();
   }
@@ -947,16 +1127,27 @@
     }
   });
 
-  // Filter chips hide rows by status with one attribute on the table.
-  function setFilter(name) {
-    view.table.dataset.filter = name;
-    for (const chip of document.querySelectorAll(".chip[data-filter]")) {
-      chip.setAttribute("aria-pressed", String(chip.dataset.filter === name));
-    }
+  // The filter and the pages are the server's (GET /status?status=…&page_token=…).
+  for (const chip of view.chips) {
+    chip.addEventListener("click", () => {
+      if (live) live.setFilter(chip.dataset.filter);
+    });
   }
 
-  for (const chip of document.querySelectorAll(".chip[data-filter]")) {
-    chip.addEventListener("click", () => setFilter(chip.dataset.filter));
+  view.jumpFailures.addEventListener("click", () => {
+    if (!live) return;
+    live.setFilter("failed");
+    view.imagesHead.scrollIntoView({ block: "start" });
+  });
+
+  for (const pager of view.pagers) {
+    pager.addEventListener("click", (event) => {
+      const button = event.target.closest("button[data-page]");
+      if (!button || !live) return;
+      live.goTo(button.dataset.page);
+      // Paging from below the table starts the reader at the top of the new page.
+      if (pager === view.pagers[view.pagers.length - 1]) view.imagesHead.scrollIntoView({ block: "start" });
+    });
   }
 
   // ---------------------------------------------------------------- routing: #/requests/<id>
