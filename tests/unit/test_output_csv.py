@@ -47,3 +47,15 @@ async def test_large_outputs_come_in_bounded_chunks() -> None:
     assert len(chunks) > 1
     assert max(len(chunk) for chunk in chunks) < 300 * 1024
     assert len(b"".join(chunks).decode().splitlines()) == 20_001
+
+
+async def test_cells_a_spreadsheet_would_run_as_formulas_are_neutralised() -> None:
+    attacks = ["=HYPERLINK(\"http://evil\",\"x\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)",
+               "\tx", "\rx"]
+    chunks = await _collect(["S. No.", "Product Name", "Input Image Urls", "=Notes"],
+                            [(["1", name, "u", "plain"], ["r/1.jpg"]) for name in attacks],
+                            "http://h")
+    parsed = list(csv.reader(io.StringIO(b"".join(chunks).decode(), newline="")))
+    assert parsed[0][3] == "'=Notes"
+    assert [row[1] for row in parsed[1:]] == [f"'{name}" for name in attacks]
+    assert all(row[3] == "plain" and row[4].startswith("http://h/") for row in parsed[1:])
