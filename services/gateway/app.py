@@ -39,6 +39,7 @@ from services.gateway.errors import (
 from services.gateway.readiness import RESPONSES as READINESS_RESPONSES
 from services.gateway.readiness import check_readiness
 from services.gateway.sse import status_event_stream
+from services.gateway.stored_images import mount_processed_images
 
 UPLOAD_CHUNK_BYTES = 256 * 1024
 STATIC_DIR = Path(__file__).with_name("static")
@@ -54,6 +55,18 @@ def _upload_messages(upload: UploadFile, metadata: ingest_pb2.UploadMetadata,
         while chunk := await upload.read(UPLOAD_CHUNK_BYTES):
             yield ingest_pb2.UploadRequest(chunk=chunk)
     return messages()
+
+
+MAX_VERSION = 2**64 - 1  # WatchStatusRequest.after_version is a uint64
+
+
+def resume_version(last_event_id: str) -> int:
+    """The version an SSE reconnect resumes after; anything but a version (a value the browser
+    never sent, or past uint64) starts afresh from a snapshot rather than failing."""
+    if not (last_event_id.isascii() and last_event_id.isdigit() and len(last_event_id) <= 20):
+        return 0
+    version = int(last_event_id)
+    return version if version <= MAX_VERSION else 0
 
 
 def _processing_options(quality: int | None, max_width: int | None, max_height: int | None,
@@ -96,7 +109,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def authenticate_and_count(
         request: Request, call_next: Callable[[Request], Awaitable[Response]],
     ) -> Response:
-        path = request.url.path
+        # The path the server routes by: request.url is rebuilt from the Host header.
+        path: str = request.scope["path"]
         if settings.api_token and path != "/" and not path.startswith(_PUBLIC_PATHS):
             supplied = request.headers.get("authorization", "")
             if not hmac.compare_digest(supplied.encode(),
@@ -159,8 +173,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/status/{request_id}/events", summary="Server-Sent Events of a request",
              response_class=StreamingResponse, responses=examples.EVENTS_RESPONSES)
     async def events(request_id: str, request: Request) -> Response:
-        last_event_id = request.headers.get("last-event-id", "")
-        after = int(last_event_id) if last_event_id.isdigit() else 0
+        after = resume_version(request.headers.get("last-event-id", ""))
         stream = grpc_clients().status.WatchStatus(
             status_pb2.WatchStatusRequest(request_id=request_id, after_version=after),
             metadata=grpc_clients().metadata)
@@ -238,9 +251,7 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
-    settings.images_dir.mkdir(parents=True, exist_ok=True)
-    app.mount(PROCESSED_IMAGES_ROUTE, StaticFiles(directory=settings.images_dir),
-              name="processed_images")
+    mount_processed_images(app, settings)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, error: RequestValidationError,

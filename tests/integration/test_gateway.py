@@ -6,8 +6,9 @@ from collections.abc import Callable
 
 import httpx
 
+from pixpipe.embedded_nats import free_port
 from pixpipe.settings import Settings
-from services.gateway.app import create_app
+from services.gateway.app import create_app, resume_version
 
 
 def client_for(settings: Settings) -> httpx.AsyncClient:
@@ -68,3 +69,31 @@ async def test_openapi_describes_every_route_with_examples(
             ok = operation["responses"]["200"]
             assert any("example" in media for media in ok.get("content", {}).values()), (
                 f"{method} {path} has no example")
+
+
+def test_a_reconnect_resumes_only_after_a_real_version() -> None:
+    assert resume_version("42") == 42
+    assert resume_version(str(2**64 - 1)) == 2**64 - 1
+    for bad in ("", "99999999999999999999", "1" * 40, "-1", "4.2", "①②", "٣", " 7", "0x10"):
+        assert resume_version(bad) == 0, bad
+
+
+async def test_bad_last_event_ids_never_break_the_event_stream(
+        make_settings: Callable[..., Settings]) -> None:
+    app = create_app(make_settings(ingest_address=f"127.0.0.1:{free_port()}",
+                                   status_address=f"127.0.0.1:{free_port()}"))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+        answer = await client.get("/status/6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f/events",
+                                  headers={"Last-Event-ID": "99999999999999999999"})
+    # No status service runs behind this gateway: unavailable, never an internal error.
+    assert answer.status_code == 503
+    assert answer.json()["error"]["status"] == "UNAVAILABLE"
+
+
+async def test_the_auth_check_reads_the_routed_path_not_the_host_header(
+        make_settings: Callable[..., Settings]) -> None:
+    async with client_for(make_settings(api_token="s3cret")) as client:
+        for host in ("gateway/healthz?", "gateway/healthz#", "gateway/static/"):
+            refused = await client.get("/requests", headers={"Host": host})
+            assert refused.status_code == 401, host
