@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 _MAX_RETRY_AFTER_SECONDS = 24 * 3600.0
 _MAX_CONCURRENT_DELIVERIES = 16
+# Receivers answer with a status; their bodies are read up to this much and dropped.
+MAX_RESPONSE_BYTES = 64 * 1024
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -73,18 +75,33 @@ class WebhookSender:
 
         try:
             async with asyncio.timeout(self._timeout):
-                response = await self._client.post(
-                    url, content=body, headers=signed_headers(self._secret, message_id, body))
+                status, retry_after_header = await self._send(url, message_id, body)
         except AddressNotAllowed:
             return result(error="receiver address not allowed"), None, False
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol, UnicodeError, ValueError) as error:
+            # A URL no attempt can ever reach: recorded once, then the delivery has failed.
+            return result(error=f"invalid webhook URL: {type(error).__name__}"), None, False
         except (TimeoutError, httpx.TimeoutException):
             return result(error=f"timed out after {self._timeout:g} s"), None, True
         except (httpx.HTTPError, OSError) as error:
             return result(error=f"could not connect: {type(error).__name__}"), None, True
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
-        outcome = result(status=response.status_code,
-                         error=None if response.is_success else f"HTTP {response.status_code}")
+        retry_after = parse_retry_after(retry_after_header)
+        succeeded = 200 <= status < 300
+        outcome = result(status=status, error=None if succeeded else f"HTTP {status}")
         return outcome, retry_after, True
+
+    async def _send(self, url: str, message_id: str, body: bytes) -> tuple[int, str | None]:
+        """POST and read at most MAX_RESPONSE_BYTES of the answer: a receiver cannot make the
+        notifier hold an unbounded body; what is past the limit is dropped with the connection."""
+        async with self._client.stream(
+                "POST", url, content=body,
+                headers=signed_headers(self._secret, message_id, body)) as response:
+            received = 0
+            async for chunk in response.aiter_raw():
+                received += len(chunk)
+                if received >= MAX_RESPONSE_BYTES:
+                    break
+            return response.status_code, response.headers.get("retry-after")
 
 
 class WebhookDispatcher:
