@@ -19,7 +19,7 @@ from pixpipe.bus import JOBS_STREAM, MAX_DELIVERIES_ADVISORY, WORKERS_DURABLE, B
 from pixpipe.db.repository import Repository
 from pixpipe.domain import ImageFailure, ImageJob, ImageOutcome
 from pixpipe.events import EventPublisher
-from pixpipe.metrics import WorkerMetrics
+from pixpipe.metrics import WorkerMetrics, failure_kind
 from pixpipe.retry import retry_delay
 from pixpipe.runtime import sleep_unless_stopped
 from pixpipe.settings import Settings
@@ -198,7 +198,7 @@ class JobConsumer:
     def _count(self, outcome: ImageOutcome) -> None:
         if isinstance(outcome, ImageFailure):
             self._metrics.images.labels("failed").inc()
-            self._metrics.failures.labels(outcome.reason).inc()
+            self._metrics.failures.labels(failure_kind(outcome.reason)).inc()
         else:
             self._metrics.images.labels("completed").inc()
 

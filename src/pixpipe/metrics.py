@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -13,6 +14,37 @@ def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=registry)
 
 
+# A failure's label is one of these fixed kinds, never the reason's own text: reasons carry
+# what a remote source sent (a content type, an error message), and every distinct label value
+# is a new time series for Prometheus to keep.
+_FAILURE_KINDS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), kind) for pattern, kind in (
+        (r"^HTTP 4\d\d ", "http_4xx"),
+        (r"^HTTP 5\d\d ", "http_5xx"),
+        (r"^HTTP ", "http_other"),
+        (r"^not an image", "not_an_image"),
+        (r"^image larger than ", "too_large"),
+        (r"^image exceeds .* megapixels$", "too_many_pixels"),
+        (r"^(timed out|took longer)", "timeout"),
+        (r"^source address not allowed$", "address_not_allowed"),
+        (r"^could not resolve host$", "dns"),
+        (r"^(could not connect|connection to source failed)", "connection"),
+        (r"^incomplete or malformed response", "bad_response"),
+        (r"^(invalid (redirect )?URL|redirect to a non-HTTP)", "invalid_url"),
+        (r"^too many redirects$", "redirects"),
+        (r"^truncated image data$", "truncated"),
+        (r"^corrupt ", "corrupt"),
+        (r"^image processor crashed$", "crashed"),
+        (r"^gave up after ", "gave_up"),
+    ))
+FAILURE_KINDS = frozenset(kind for _, kind in _FAILURE_KINDS) | {"other"}
+
+
+def failure_kind(reason: str) -> str:
+    """The fixed label for a failure reason; ``other`` for anything unforeseen."""
+    return next((kind for pattern, kind in _FAILURE_KINDS if pattern.search(reason)), "other")
+
+
 @dataclass
 class WorkerMetrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
@@ -20,7 +52,7 @@ class WorkerMetrics:
     def __post_init__(self) -> None:
         self.images = Counter("pixpipe_images", "Images settled by this worker",
                               ["outcome"], registry=self.registry)
-        self.failures = Counter("pixpipe_image_failures", "Failed images by reason",
+        self.failures = Counter("pixpipe_image_failures", "Failed images by kind of reason",
                                 ["reason"], registry=self.registry)
         self.retries = Counter("pixpipe_job_retries", "Jobs handed back for a later attempt",
                                registry=self.registry)
