@@ -200,4 +200,4 @@ async def test_worker_metrics_count_outcomes_and_failure_reasons(
                 await asyncio.sleep(0.1)
 
     assert value(text, 'pixpipe_images_total{outcome="completed"}') >= 1
-    assert value(text, 'pixpipe_image_failures_total{reason="HTTP 404 from source"}') >= 1
+    assert value(text, 'pixpipe_image_failures_total{reason="http_4xx"}') >= 1
