@@ -1054,7 +1054,7 @@
       shown.afterStatus = image.status;
       after.replaceChildren(image.output_url
         ? thumbnail(image.output_url, `Compressed: ${entry.label}`)
-        : image.status === "failed" ? h("span", { class: "thumb-none" }, "None")
+        : image.status === "failed" ? h("span", { class: "thumb-none", "aria-label": "no output" }, "—")
           : h("span", { class: "thumb empty" }, image.status === "processing" ? "Working…" : "Waiting"));
     }
     size.replaceChildren(image.status === "completed" && image.bytes_in > 0
