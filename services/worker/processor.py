@@ -11,6 +11,7 @@ from pixpipe.codec import TransformOptions, transform_image
 from pixpipe.domain import ImageFailure, ImageJob, ImageOutcome, ImageSuccess
 from pixpipe.errors import DecodeError, FetchError
 from pixpipe.fetcher import SafeFetcher
+from pixpipe.jpeg_encoders import prepare_vips
 from pixpipe.settings import Settings
 from pixpipe.storage import ImageStore
 from services.worker.codec_pool import ChildProcessDied, ChildProcessPool
@@ -35,6 +36,7 @@ def transform_options(job: ImageJob, settings: Settings) -> TransformOptions:
         max_height=options.max_height,
         format=options.format or settings.default_format,
         max_pixels=settings.max_image_pixels,
+        effort=settings.default_effort,
     )
 
 
@@ -46,6 +48,8 @@ def _prepare_codec_process() -> None:
     # stays busy either way).
     os.nice(CODEC_NICENESS)
     _leave_autogroup()
+    # Loaded before the first image, so no job pays for it (libvips encodes effort=max).
+    prepare_vips()
 
 
 def _leave_autogroup() -> None:

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 OutputFormat = Literal["jpeg", "webp", "avif"]
+Effort = Literal["fast", "balanced", "max"]
 # A list of delays in seconds; NoDecode lets "1,5,15" through to our own parser below.
 Schedule = Annotated[list[float], NoDecode]
 
@@ -69,6 +70,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = 50_000_000
     default_quality: int = Field(default=50, ge=1, le=95)
     default_format: OutputFormat = "jpeg"
+    # fast: libjpeg-turbo baseline; balanced: mozjpeg's tables on libjpeg-turbo, progressive;
+    # max: mozjpeg with trellis quantisation (docs/codec.md).
+    default_effort: Effort = "balanced"
 
     # Workers.
     worker_concurrency: int = Field(default=8, ge=1, description="Jobs one worker process "

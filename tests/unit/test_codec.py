@@ -15,6 +15,7 @@ from PIL import Image, ImageChops, ImageCms, ImageOps, ImageStat
 
 from pixpipe.codec import OutputFormat, TransformOptions, TransformResult, transform_image
 from pixpipe.errors import DecodeError
+from pixpipe.jpeg_encoders import Effort
 
 PHOTOS = ["rocket.jpg", "hubble_deep_field.jpg", "retina.jpg", "coffee.png", "chelsea.png",
           "astronaut.png", "logo.png", "camera.png"]
@@ -292,14 +293,16 @@ def test_pixel_limit_applies_to_real_photos(photos: Path) -> None:
 
 # --- options -------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("effort", ["fast", "balanced", "max"])
 @pytest.mark.parametrize("name", ["coffee.png", "retina.jpg"])
-def test_quality_is_honoured(photos: Path, name: str) -> None:
+def test_quality_is_honoured(photos: Path, name: str, effort: Effort) -> None:
     source = (photos / name).read_bytes()
-    low, mid, high = (transform_image(source, TransformOptions(quality=q)).data
+    low, mid, high = (transform_image(source, TransformOptions(quality=q, effort=effort)).data
                       for q in (20, 50, 90))
     assert len(low) < len(mid) < len(high)
     tables = [decode(data).quantization[0] for data in (low, mid, high)]  # type: ignore[attr-defined]
-    assert tables[1] == STANDARD_LUMINANCE
+    # fast keeps libjpeg's own tables; balanced and max use mozjpeg's (docs/codec.md).
+    assert (tables[1] == STANDARD_LUMINANCE) == (effort == "fast")
     assert all(h <= m <= lo for lo, m, h in zip(*tables, strict=True))
     assert sum(tables[2]) < sum(tables[1]) < sum(tables[0])
 
