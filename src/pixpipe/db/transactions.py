@@ -6,8 +6,13 @@ synchronous engine. Units that arrive while one transaction is running are commi
 in the next one (group commit): SQLite admits one writer at a time anyway, and one commit for
 several images costs little more than one for a single image. The transactions run one after
 another on one connection kept open for them (checking a connection out of a pool and resetting
-it cost as much CPU as the statements). On PostgreSQL each unit runs in its own transaction
-through the async engine's greenlet bridge.
+it cost as much CPU as the statements).
+
+On PostgreSQL units are grouped the same way and run through the async engine's greenlet
+bridge, one transaction per group: a pool checkout (with its pre-ping), a BEGIN and a COMMIT
+per image cost a worker more than its statements (1.6 ms of worker CPU per failing image
+before, see docs/design.md). Groups of different workers may lock two requests' rows in
+opposite orders; PostgreSQL then aborts one group, and its units run again one by one.
 """
 
 from __future__ import annotations
@@ -43,26 +48,41 @@ class TransactionRunner:
         """Run ``work(connection)`` in a transaction and commit it; return its result.
 
         ``work`` must touch the database only through ``connection`` and be safe to run
-        again: on SQLite it may share its transaction with other units, and when one of
-        those fails the others run again, each on its own.
+        again: it may share its transaction with other units, and when one of those fails
+        the others run again, each on its own.
         """
-        if self._writer is None:
-            async with self._engine.begin() as connection:
-                return await connection.run_sync(work)
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queued.append((work, future))
         if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_queued(self._writer))
+            self._committer = asyncio.create_task(self._commit_queued())
         # A caller that stops waiting does not stop the unit: it is committed either way.
         return await asyncio.shield(future)
 
-    async def _commit_queued(self, writer: _WriteConnection) -> None:
+    async def _run_together(self, works: list[Work]) -> list[Any]:
+        if self._writer is not None:
+            return await asyncio.to_thread(self._writer.run_together, works)
+        try:
+            async with self._engine.begin() as connection:
+                return await connection.run_sync(
+                    lambda sync: [work(sync) for work in works])
+        except Exception as error:
+            if len(works) == 1:
+                return [error]
+        return [await self._run_alone(work) for work in works]
+
+    async def _run_alone(self, work: Work) -> Any:
+        try:
+            async with self._engine.begin() as connection:
+                return await connection.run_sync(work)
+        except Exception as error:
+            return error
+
+    async def _commit_queued(self) -> None:
         while self._queued:
             batch, self._queued = self._queued, []
             self.batches += 1
             try:
-                outcomes = await asyncio.to_thread(writer.run_together,
-                                                   [work for work, _ in batch])
+                outcomes = await self._run_together([work for work, _ in batch])
             except asyncio.CancelledError:
                 for _, future in [*batch, *self._queued]:
                     future.cancel()
