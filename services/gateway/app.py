@@ -19,10 +19,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pixpipe.client import PixpipeClient, ServerAddresses
-from pixpipe.domain import ImageState, OutputFormat
+from pixpipe.domain import Effort, ImageState, OutputFormat
 from pixpipe.paging import MAX_PAGE_SIZE
 from pixpipe.settings import Settings
 from pixpipe.status_messages import (
+    EFFORTS_TO_PROTO,
     FORMATS_TO_PROTO,
     IMAGE_STATES_TO_PROTO,
     PROCESSED_IMAGES_ROUTE,
@@ -70,7 +71,8 @@ def resume_version(last_event_id: str) -> int:
 
 
 def _processing_options(quality: int | None, max_width: int | None, max_height: int | None,
-                        image_format: OutputFormat | None) -> options_pb2.ProcessingOptions:
+                        image_format: OutputFormat | None,
+                        effort: Effort | None = None) -> options_pb2.ProcessingOptions:
     options = options_pb2.ProcessingOptions()
     if quality is not None:
         options.quality = quality
@@ -80,6 +82,8 @@ def _processing_options(quality: int | None, max_width: int | None, max_height: 
         options.max_height = max_height
     if image_format:
         options.format = FORMATS_TO_PROTO[image_format]
+    if effort:
+        options.effort = EFFORTS_TO_PROTO[effort]
     return options
 
 
@@ -134,10 +138,11 @@ def create_app(settings: Settings) -> FastAPI:
         max_width: Annotated[int | None, Form(ge=1, le=65535)] = None,
         max_height: Annotated[int | None, Form(ge=1, le=65535)] = None,
         format: Annotated[OutputFormat | None, Form()] = None,
+        effort: Annotated[Effort | None, Form()] = None,
     ) -> Any:
         metadata = ingest_pb2.UploadMetadata(
             file_name=file.filename or "", webhook_url=webhook_url or "",
-            options=_processing_options(quality, max_width, max_height, format))
+            options=_processing_options(quality, max_width, max_height, format, effort))
         try:
             answer: ingest_pb2.UploadResponse = await grpc_clients().ingest.Upload(
                 _upload_messages(file, metadata), metadata=grpc_clients().metadata,

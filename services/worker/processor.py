@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from pixpipe.codec import TransformOptions, transform_image
-from pixpipe.domain import ImageFailure, ImageJob, ImageOutcome, ImageSuccess
+from pixpipe.domain import Effort, ImageFailure, ImageJob, ImageOutcome, ImageSuccess
 from pixpipe.errors import DecodeError, FetchError
 from pixpipe.fetcher import SafeFetcher
 from pixpipe.jpeg_encoders import prepare_vips
@@ -36,7 +36,7 @@ def transform_options(job: ImageJob, settings: Settings) -> TransformOptions:
         max_height=options.max_height,
         format=options.format or settings.default_format,
         max_pixels=settings.max_image_pixels,
-        effort=settings.default_effort,
+        effort=options.effort or settings.default_effort,
     )
 
 
@@ -78,6 +78,10 @@ class StoredImage:
     bytes_out: int
     width: int
     height: int
+    quality_used: int | None = None
+    encoder: str | None = None
+    effort: Effort | None = None
+    score: float | None = None
 
 
 def transform_and_store(source: bytes, options: TransformOptions, store: ImageStore,
@@ -87,7 +91,9 @@ def transform_and_store(source: bytes, options: TransformOptions, store: ImageSt
     relative_path = store.relative_path(request_id, image_id, result.extension)
     store.write(relative_path, result.data)
     return StoredImage(relative_path=relative_path, bytes_out=len(result.data),
-                       width=result.width, height=result.height)
+                       width=result.width, height=result.height,
+                       quality_used=result.quality_used, encoder=result.encoder,
+                       effort=result.effort, score=result.score)
 
 
 class CodecPool:
@@ -144,4 +150,5 @@ class ImageProcessor:
             return ImageFailure(reason=error.reason, bytes_in=bytes_in)
         return ImageSuccess(output_path=stored.relative_path, bytes_in=bytes_in,
                             bytes_out=stored.bytes_out, width=stored.width,
-                            height=stored.height)
+                            height=stored.height, quality_used=stored.quality_used,
+                            encoder=stored.encoder, effort=stored.effort, score=stored.score)

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 OutputFormat = Literal["jpeg", "webp", "avif"]
+Effort = Literal["fast", "balanced", "max"]
 
 
 class RequestState(StrEnum):
@@ -38,6 +39,7 @@ class RequestOptions(BaseModel):
     max_width: int | None = Field(default=None, ge=1, le=65535)
     max_height: int | None = Field(default=None, ge=1, le=65535)
     format: OutputFormat | None = None
+    effort: Effort | None = None
 
 
 class ImageJob(BaseModel):
@@ -67,6 +69,10 @@ class ImageView:
     output_path: str | None = None
     bytes_in: int | None = None
     bytes_out: int | None = None
+    quality_used: int | None = None
+    encoder: str | None = None
+    effort: Effort | None = None
+    score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,11 @@ class ImageSuccess:
     bytes_out: int
     width: int
     height: int
+    # The receipt: what encoded the output (encoder None: the source was kept as it was).
+    quality_used: int | None = None
+    encoder: str | None = None
+    effort: Effort | None = None
+    score: float | None = None
 
 
 @dataclass(frozen=True)

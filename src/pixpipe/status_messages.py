@@ -10,6 +10,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from pixpipe.domain import (
+    Effort,
     ImageChange,
     ImageState,
     ImageView,
@@ -44,6 +45,12 @@ _FORMATS_TO_PROTO: dict[OutputFormat, options_pb2.ImageFormat.ValueType] = {
 FORMATS_FROM_PROTO: dict[int, OutputFormat] = {
     value: key for key, value in _FORMATS_TO_PROTO.items()}
 FORMATS_TO_PROTO = _FORMATS_TO_PROTO
+EFFORTS_TO_PROTO: dict[Effort, options_pb2.Effort.ValueType] = {
+    "fast": options_pb2.EFFORT_FAST,
+    "balanced": options_pb2.EFFORT_BALANCED,
+    "max": options_pb2.EFFORT_MAX,
+}
+EFFORTS_FROM_PROTO: dict[int, Effort] = {value: key for key, value in EFFORTS_TO_PROTO.items()}
 
 PROCESSED_IMAGES_ROUTE = "/processed_images"
 
@@ -68,6 +75,8 @@ def options_to_proto(options: RequestOptions) -> options_pb2.ProcessingOptions:
         message.max_height = options.max_height
     if options.format is not None:
         message.format = _FORMATS_TO_PROTO[options.format]
+    if options.effort is not None:
+        message.effort = EFFORTS_TO_PROTO[options.effort]
     return message
 
 
@@ -78,6 +87,7 @@ def options_from_proto(message: options_pb2.ProcessingOptions) -> RequestOptions
         max_width=message.max_width if message.HasField("max_width") else None,
         max_height=message.max_height if message.HasField("max_height") else None,
         format=FORMATS_FROM_PROTO.get(message.format),
+        effort=EFFORTS_FROM_PROTO.get(message.effort),
     )
 
 
@@ -93,6 +103,14 @@ def image_to_proto(image: ImageView) -> status_pb2.ImageStatus:
         message.output_url = url
     if image.error is not None:
         message.error = image.error
+    if image.quality_used is not None:
+        message.quality_used = image.quality_used
+    if image.encoder is not None:
+        message.encoder = image.encoder
+    if image.effort is not None:
+        message.effort = EFFORTS_TO_PROTO[image.effort]
+    if image.score is not None:
+        message.score = image.score
     return message
 
 
@@ -157,6 +175,7 @@ def _enum_suffix(value: str, prefix: str) -> str:
 
 
 _IMAGE_STATE_NAMES = {value: state.value for state, value in _IMAGE_STATES.items()}
+_EFFORT_NAMES: dict[int, str] = dict(EFFORTS_FROM_PROTO)
 
 
 def image_to_json(message: status_pb2.ImageStatus) -> dict[str, Any]:
@@ -177,6 +196,10 @@ def image_to_json(message: status_pb2.ImageStatus) -> dict[str, Any]:
         "bytes_in": message.bytes_in,
         "bytes_out": message.bytes_out,
         "position": message.position,
+        "quality_used": message.quality_used if message.HasField("quality_used") else None,
+        "encoder": message.encoder if message.HasField("encoder") else None,
+        "effort": _EFFORT_NAMES.get(message.effort),
+        "score": message.score if message.HasField("score") else None,
     }
 
 
@@ -196,6 +219,9 @@ def request_to_json(message: status_pb2.RequestStatus) -> dict[str, Any]:
     if "format" in options:
         fmt = _enum_suffix(options["format"], "IMAGE_FORMAT_")
         options["format"] = None if fmt == "unspecified" else fmt
+    if "effort" in options:
+        effort = _enum_suffix(options["effort"], "EFFORT_")
+        options["effort"] = None if effort == "unspecified" else effort
     if message.HasField("webhook"):
         data["webhook"].setdefault("last_status_code", None)
         data["webhook"].setdefault("last_error", None)

@@ -7,7 +7,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from pixpipe.status_messages import image_to_json, request_to_json
-from pixpipe.v1 import status_pb2
+from pixpipe.v1 import options_pb2, status_pb2
 
 
 def _generic_mapping(message: status_pb2.ImageStatus) -> dict[str, Any]:
@@ -18,6 +18,10 @@ def _generic_mapping(message: status_pb2.ImageStatus) -> dict[str, Any]:
     data["bytes_in"], data["bytes_out"] = int(data["bytes_in"]), int(data["bytes_out"])
     data.setdefault("output_url", None)
     data.setdefault("error", None)
+    effort = data["effort"].removeprefix("EFFORT_").lower()
+    data["effort"] = None if effort == "unspecified" else effort
+    for name in ("quality_used", "encoder", "score"):
+        data.setdefault(name, None)
     return data
 
 
@@ -25,7 +29,8 @@ def test_the_fast_image_mapping_agrees_with_protobufs_own() -> None:
     done = status_pb2.ImageStatus(
         image_id="a1", serial_number=7, product_name="Lamp, “large”", input_url="https://x/a",
         output_url="/processed_images/r/a1.jpg", status=status_pb2.IMAGE_STATE_COMPLETED,
-        bytes_in=2**40, bytes_out=12, position=3)
+        bytes_in=2**40, bytes_out=12, position=3, quality_used=50, encoder="mozjpeg",
+        effort=options_pb2.EFFORT_MAX, score=71.25)
     failed = status_pb2.ImageStatus(image_id="b2", serial_number=1, input_url="https://x/b",
                                     status=status_pb2.IMAGE_STATE_FAILED, error="not an image")
     pending = status_pb2.ImageStatus(image_id="c3", status=status_pb2.IMAGE_STATE_PENDING)

@@ -340,7 +340,7 @@
     }
     const data = new FormData();
     data.append("file", fileInput.files[0], fileInput.files[0].name);
-    for (const id of ["webhook_url", "quality", "max_width", "max_height", "format"]) {
+    for (const id of ["webhook_url", "quality", "max_width", "max_height", "format", "effort"]) {
       const value = $(id).value.trim();
       if (value) data.append(id, value);
     }

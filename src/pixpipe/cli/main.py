@@ -31,7 +31,7 @@ from pixpipe.client.connection import PixpipeClient, ServerAddresses
 from pixpipe.domain import ImageState
 from pixpipe.grpc_errors import bad_request_details, violation_to_fault
 from pixpipe.paging import MAX_PAGE_SIZE
-from pixpipe.status_messages import FORMATS_TO_PROTO, request_to_json
+from pixpipe.status_messages import EFFORTS_TO_PROTO, FORMATS_TO_PROTO, request_to_json
 from pixpipe.v1 import options_pb2, status_pb2
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--max-width", type=int)
     submit.add_argument("--max-height", type=int)
     submit.add_argument("--format", choices=sorted(FORMATS_TO_PROTO))
+    submit.add_argument("--effort", choices=list(EFFORTS_TO_PROTO),
+                        help="fast, balanced (default) or max: see docs/codec.md")
     submit.add_argument("--watch", action="store_true", help="follow it until it finishes")
 
     status = commands.add_parser(
@@ -125,6 +127,8 @@ async def submit(client: PixpipeClient, args: argparse.Namespace, console: Conso
             setattr(options, name, getattr(args, name))
     if args.format:
         options.format = FORMATS_TO_PROTO[args.format]
+    if args.effort:
+        options.effort = EFFORTS_TO_PROTO[args.effort]
     answer = await client.upload(args.file, webhook_url=args.webhook, options=options)
     console.print(f"request [bold]{answer.request_id}[/]: {answer.image_count} images queued")
     if not args.watch:

@@ -39,6 +39,34 @@ IMAGE_FORMAT_WEBP: ImageFormat.ValueType  # 2
 IMAGE_FORMAT_AVIF: ImageFormat.ValueType  # 3
 Global___ImageFormat: _TypeAlias = ImageFormat  # noqa: Y015
 
+class _Effort:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EffortEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Effort.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EFFORT_UNSPECIFIED: _Effort.ValueType  # 0
+    """the server default (balanced)"""
+    EFFORT_FAST: _Effort.ValueType  # 1
+    """libjpeg-turbo, baseline: the highest throughput"""
+    EFFORT_BALANCED: _Effort.ValueType  # 2
+    """mozjpeg's tables on libjpeg-turbo, progressive"""
+    EFFORT_MAX: _Effort.ValueType  # 3
+    """mozjpeg with trellis quantisation: the smallest files"""
+
+class Effort(_Effort, metaclass=_EffortEnumTypeWrapper):
+    """How hard the JPEG encoder works (docs/codec.md)."""
+
+EFFORT_UNSPECIFIED: Effort.ValueType  # 0
+"""the server default (balanced)"""
+EFFORT_FAST: Effort.ValueType  # 1
+"""libjpeg-turbo, baseline: the highest throughput"""
+EFFORT_BALANCED: Effort.ValueType  # 2
+"""mozjpeg's tables on libjpeg-turbo, progressive"""
+EFFORT_MAX: Effort.ValueType  # 3
+"""mozjpeg with trellis quantisation: the smallest files"""
+Global___Effort: _TypeAlias = Effort  # noqa: Y015
+
 @_typing.final
 class ProcessingOptions(_message.Message):
     """Per-request processing options; every field is optional and defaults server-side."""
@@ -49,12 +77,14 @@ class ProcessingOptions(_message.Message):
     MAX_WIDTH_FIELD_NUMBER: _builtins.int
     MAX_HEIGHT_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
+    EFFORT_FIELD_NUMBER: _builtins.int
     quality: _builtins.int
     """Encoder quality 1-95; default 50 ("50% of original quality")."""
     max_width: _builtins.int
     """Fit inside this box, keeping the aspect ratio; never upscales."""
     max_height: _builtins.int
     format: Global___ImageFormat.ValueType
+    effort: Global___Effort.ValueType
     def __init__(
         self,
         *,
@@ -62,10 +92,11 @@ class ProcessingOptions(_message.Message):
         max_width: _builtins.int | None = ...,
         max_height: _builtins.int | None = ...,
         format: Global___ImageFormat.ValueType = ...,
+        effort: Global___Effort.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_height", b"_max_height", "_max_width", b"_max_width", "_quality", b"_quality", "max_height", b"max_height", "max_width", b"max_width", "quality", b"quality"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_height", b"_max_height", "_max_width", b"_max_width", "_quality", b"_quality", "format", b"format", "max_height", b"max_height", "max_width", b"max_width", "quality", b"quality"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_height", b"_max_height", "_max_width", b"_max_width", "_quality", b"_quality", "effort", b"effort", "format", b"format", "max_height", b"max_height", "max_width", b"max_width", "quality", b"quality"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_height: _TypeAlias = _typing.Literal["max_height"]  # noqa: Y015
     _WhichOneofArgType__max_height: _TypeAlias = _typing.Literal["_max_height", b"_max_height"]  # noqa: Y015

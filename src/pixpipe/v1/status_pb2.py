@@ -26,47 +26,47 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from pixpipe.v1 import options_pb2 as pixpipe_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17pixpipe/v1/status.proto\x12\npixpipe.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18pixpipe/v1/options.proto\"\x84\x02\n\x0bImageStatus\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x15\n\rserial_number\x18\x02 \x01(\r\x12\x14\n\x0cproduct_name\x18\x03 \x01(\t\x12\x11\n\tinput_url\x18\x04 \x01(\t\x12\x17\n\noutput_url\x18\x05 \x01(\tH\x00\x88\x01\x01\x12&\n\x06status\x18\x06 \x01(\x0e\x32\x16.pixpipe.v1.ImageState\x12\x12\n\x05\x65rror\x18\x07 \x01(\tH\x01\x88\x01\x01\x12\x10\n\x08\x62ytes_in\x18\x08 \x01(\x04\x12\x11\n\tbytes_out\x18\t \x01(\x04\x12\x10\n\x08position\x18\n \x01(\rB\r\n\x0b_output_urlB\x08\n\x06_error\"\x99\x01\n\rWebhookStatus\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\x12\x1d\n\x10last_status_code\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nlast_error\x18\x05 \x01(\tH\x01\x88\x01\x01\x42\x13\n\x11_last_status_codeB\r\n\x0b_last_error\"\xb8\x03\n\rRequestStatus\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.pixpipe.v1.RequestState\x12\r\n\x05total\x18\x03 \x01(\r\x12\x11\n\tcompleted\x18\x04 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\r\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x06images\x18\x08 \x03(\x0b\x32\x17.pixpipe.v1.ImageStatus\x12.\n\x07options\x18\t \x01(\x0b\x32\x1d.pixpipe.v1.ProcessingOptions\x12\x11\n\tfile_name\x18\n \x01(\t\x12\x0f\n\x07version\x18\x0b \x01(\x04\x12*\n\x07webhook\x18\x0c \x01(\x0b\x32\x19.pixpipe.v1.WebhookStatus\x12\x17\n\x0fnext_page_token\x18\r \x01(\t\x12\x13\n\x0bin_progress\x18\x0e \x01(\r\"\x92\x01\n\x10GetStatusRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0csummary_only\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\x12-\n\rstatus_filter\x18\x05 \x01(\x0e\x32\x16.pixpipe.v1.ImageState\">\n\x11GetStatusResponse\x12)\n\x06status\x18\x01 \x01(\x0b\x32\x19.pixpipe.v1.RequestStatus\"V\n\x12WatchStatusRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rafter_version\x18\x02 \x01(\x04\x12\x15\n\rallow_batches\x18\x03 \x01(\x08\"\x98\x01\n\nImageEvent\x12&\n\x05image\x18\x01 \x01(\x0b\x32\x17.pixpipe.v1.ImageStatus\x12\x30\n\x0erequest_status\x18\x02 \x01(\x0e\x32\x18.pixpipe.v1.RequestState\x12\r\n\x05total\x18\x03 \x01(\r\x12\x11\n\tcompleted\x18\x04 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\r\"\xa4\x02\n\x13WatchStatusResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12.\n\nemitted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x08snapshot\x18\x04 \x01(\x0b\x32\x19.pixpipe.v1.RequestStatusH\x00\x12\'\n\x05image\x18\x05 \x01(\x0b\x32\x16.pixpipe.v1.ImageEventH\x00\x12.\n\tcompleted\x18\x06 \x01(\x0b\x32\x19.pixpipe.v1.RequestStatusH\x00\x12\'\n\x05\x62\x61tch\x18\x07 \x01(\x0b\x32\x16.pixpipe.v1.EventBatchH\x00\x42\x07\n\x05\x65vent\"=\n\nEventBatch\x12/\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1f.pixpipe.v1.WatchStatusResponse\"}\n\x11ListImagesRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\x12-\n\rstatus_filter\x18\x04 \x01(\x0e\x32\x16.pixpipe.v1.ImageState\"V\n\x12ListImagesResponse\x12\'\n\x06images\x18\x01 \x03(\x0b\x32\x17.pixpipe.v1.ImageStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x13ListRequestsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"C\n\x14ListRequestsResponse\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.pixpipe.v1.RequestStatus\"8\n\x10\x45xportCsvRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x02 \x01(\t\"\"\n\x11\x45xportCsvResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c*\x9d\x01\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15REQUEST_STATE_PENDING\x10\x01\x12\x1c\n\x18REQUEST_STATE_PROCESSING\x10\x02\x12\x1b\n\x17REQUEST_STATE_COMPLETED\x10\x03\x12\x18\n\x14REQUEST_STATE_FAILED\x10\x04*\x91\x01\n\nImageState\x12\x1b\n\x17IMAGE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13IMAGE_STATE_PENDING\x10\x01\x12\x1a\n\x16IMAGE_STATE_PROCESSING\x10\x02\x12\x19\n\x15IMAGE_STATE_COMPLETED\x10\x03\x12\x16\n\x12IMAGE_STATE_FAILED\x10\x04\x32\x97\x03\n\rStatusService\x12H\n\tGetStatus\x12\x1c.pixpipe.v1.GetStatusRequest\x1a\x1d.pixpipe.v1.GetStatusResponse\x12P\n\x0bWatchStatus\x12\x1e.pixpipe.v1.WatchStatusRequest\x1a\x1f.pixpipe.v1.WatchStatusResponse0\x01\x12K\n\nListImages\x12\x1d.pixpipe.v1.ListImagesRequest\x1a\x1e.pixpipe.v1.ListImagesResponse\x12Q\n\x0cListRequests\x12\x1f.pixpipe.v1.ListRequestsRequest\x1a .pixpipe.v1.ListRequestsResponse\x12J\n\tExportCsv\x12\x1c.pixpipe.v1.ExportCsvRequest\x1a\x1d.pixpipe.v1.ExportCsvResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17pixpipe/v1/status.proto\x12\npixpipe.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18pixpipe/v1/options.proto\"\x94\x03\n\x0bImageStatus\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x15\n\rserial_number\x18\x02 \x01(\r\x12\x14\n\x0cproduct_name\x18\x03 \x01(\t\x12\x11\n\tinput_url\x18\x04 \x01(\t\x12\x17\n\noutput_url\x18\x05 \x01(\tH\x00\x88\x01\x01\x12&\n\x06status\x18\x06 \x01(\x0e\x32\x16.pixpipe.v1.ImageState\x12\x12\n\x05\x65rror\x18\x07 \x01(\tH\x01\x88\x01\x01\x12\x10\n\x08\x62ytes_in\x18\x08 \x01(\x04\x12\x11\n\tbytes_out\x18\t \x01(\x04\x12\x10\n\x08position\x18\n \x01(\r\x12\x19\n\x0cquality_used\x18\x0b \x01(\rH\x02\x88\x01\x01\x12\x14\n\x07\x65ncoder\x18\x0c \x01(\tH\x03\x88\x01\x01\x12\"\n\x06\x65\x66\x66ort\x18\r \x01(\x0e\x32\x12.pixpipe.v1.Effort\x12\x12\n\x05score\x18\x0e \x01(\x01H\x04\x88\x01\x01\x42\r\n\x0b_output_urlB\x08\n\x06_errorB\x0f\n\r_quality_usedB\n\n\x08_encoderB\x08\n\x06_score\"\x99\x01\n\rWebhookStatus\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\x12\x1d\n\x10last_status_code\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nlast_error\x18\x05 \x01(\tH\x01\x88\x01\x01\x42\x13\n\x11_last_status_codeB\r\n\x0b_last_error\"\xb8\x03\n\rRequestStatus\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.pixpipe.v1.RequestState\x12\r\n\x05total\x18\x03 \x01(\r\x12\x11\n\tcompleted\x18\x04 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\r\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x06images\x18\x08 \x03(\x0b\x32\x17.pixpipe.v1.ImageStatus\x12.\n\x07options\x18\t \x01(\x0b\x32\x1d.pixpipe.v1.ProcessingOptions\x12\x11\n\tfile_name\x18\n \x01(\t\x12\x0f\n\x07version\x18\x0b \x01(\x04\x12*\n\x07webhook\x18\x0c \x01(\x0b\x32\x19.pixpipe.v1.WebhookStatus\x12\x17\n\x0fnext_page_token\x18\r \x01(\t\x12\x13\n\x0bin_progress\x18\x0e \x01(\r\"\x92\x01\n\x10GetStatusRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0csummary_only\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\x12-\n\rstatus_filter\x18\x05 \x01(\x0e\x32\x16.pixpipe.v1.ImageState\">\n\x11GetStatusResponse\x12)\n\x06status\x18\x01 \x01(\x0b\x32\x19.pixpipe.v1.RequestStatus\"V\n\x12WatchStatusRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rafter_version\x18\x02 \x01(\x04\x12\x15\n\rallow_batches\x18\x03 \x01(\x08\"\x98\x01\n\nImageEvent\x12&\n\x05image\x18\x01 \x01(\x0b\x32\x17.pixpipe.v1.ImageStatus\x12\x30\n\x0erequest_status\x18\x02 \x01(\x0e\x32\x18.pixpipe.v1.RequestState\x12\r\n\x05total\x18\x03 \x01(\r\x12\x11\n\tcompleted\x18\x04 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\r\"\xa4\x02\n\x13WatchStatusResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12.\n\nemitted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x08snapshot\x18\x04 \x01(\x0b\x32\x19.pixpipe.v1.RequestStatusH\x00\x12\'\n\x05image\x18\x05 \x01(\x0b\x32\x16.pixpipe.v1.ImageEventH\x00\x12.\n\tcompleted\x18\x06 \x01(\x0b\x32\x19.pixpipe.v1.RequestStatusH\x00\x12\'\n\x05\x62\x61tch\x18\x07 \x01(\x0b\x32\x16.pixpipe.v1.EventBatchH\x00\x42\x07\n\x05\x65vent\"=\n\nEventBatch\x12/\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1f.pixpipe.v1.WatchStatusResponse\"}\n\x11ListImagesRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\x12-\n\rstatus_filter\x18\x04 \x01(\x0e\x32\x16.pixpipe.v1.ImageState\"V\n\x12ListImagesResponse\x12\'\n\x06images\x18\x01 \x03(\x0b\x32\x17.pixpipe.v1.ImageStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x13ListRequestsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"C\n\x14ListRequestsResponse\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.pixpipe.v1.RequestStatus\"8\n\x10\x45xportCsvRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x02 \x01(\t\"\"\n\x11\x45xportCsvResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c*\x9d\x01\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15REQUEST_STATE_PENDING\x10\x01\x12\x1c\n\x18REQUEST_STATE_PROCESSING\x10\x02\x12\x1b\n\x17REQUEST_STATE_COMPLETED\x10\x03\x12\x18\n\x14REQUEST_STATE_FAILED\x10\x04*\x91\x01\n\nImageState\x12\x1b\n\x17IMAGE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13IMAGE_STATE_PENDING\x10\x01\x12\x1a\n\x16IMAGE_STATE_PROCESSING\x10\x02\x12\x19\n\x15IMAGE_STATE_COMPLETED\x10\x03\x12\x16\n\x12IMAGE_STATE_FAILED\x10\x04\x32\x97\x03\n\rStatusService\x12H\n\tGetStatus\x12\x1c.pixpipe.v1.GetStatusRequest\x1a\x1d.pixpipe.v1.GetStatusResponse\x12P\n\x0bWatchStatus\x12\x1e.pixpipe.v1.WatchStatusRequest\x1a\x1f.pixpipe.v1.WatchStatusResponse0\x01\x12K\n\nListImages\x12\x1d.pixpipe.v1.ListImagesRequest\x1a\x1e.pixpipe.v1.ListImagesResponse\x12Q\n\x0cListRequests\x12\x1f.pixpipe.v1.ListRequestsRequest\x1a .pixpipe.v1.ListRequestsResponse\x12J\n\tExportCsv\x12\x1c.pixpipe.v1.ExportCsvRequest\x1a\x1d.pixpipe.v1.ExportCsvResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pixpipe.v1.status_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REQUESTSTATE']._serialized_start=2191
-  _globals['_REQUESTSTATE']._serialized_end=2348
-  _globals['_IMAGESTATE']._serialized_start=2351
-  _globals['_IMAGESTATE']._serialized_end=2496
+  _globals['_REQUESTSTATE']._serialized_start=2335
+  _globals['_REQUESTSTATE']._serialized_end=2492
+  _globals['_IMAGESTATE']._serialized_start=2495
+  _globals['_IMAGESTATE']._serialized_end=2640
   _globals['_IMAGESTATUS']._serialized_start=99
-  _globals['_IMAGESTATUS']._serialized_end=359
-  _globals['_WEBHOOKSTATUS']._serialized_start=362
-  _globals['_WEBHOOKSTATUS']._serialized_end=515
-  _globals['_REQUESTSTATUS']._serialized_start=518
-  _globals['_REQUESTSTATUS']._serialized_end=958
-  _globals['_GETSTATUSREQUEST']._serialized_start=961
-  _globals['_GETSTATUSREQUEST']._serialized_end=1107
-  _globals['_GETSTATUSRESPONSE']._serialized_start=1109
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1171
-  _globals['_WATCHSTATUSREQUEST']._serialized_start=1173
-  _globals['_WATCHSTATUSREQUEST']._serialized_end=1259
-  _globals['_IMAGEEVENT']._serialized_start=1262
-  _globals['_IMAGEEVENT']._serialized_end=1414
-  _globals['_WATCHSTATUSRESPONSE']._serialized_start=1417
-  _globals['_WATCHSTATUSRESPONSE']._serialized_end=1709
-  _globals['_EVENTBATCH']._serialized_start=1711
-  _globals['_EVENTBATCH']._serialized_end=1772
-  _globals['_LISTIMAGESREQUEST']._serialized_start=1774
-  _globals['_LISTIMAGESREQUEST']._serialized_end=1899
-  _globals['_LISTIMAGESRESPONSE']._serialized_start=1901
-  _globals['_LISTIMAGESRESPONSE']._serialized_end=1987
-  _globals['_LISTREQUESTSREQUEST']._serialized_start=1989
-  _globals['_LISTREQUESTSREQUEST']._serialized_end=2025
-  _globals['_LISTREQUESTSRESPONSE']._serialized_start=2027
-  _globals['_LISTREQUESTSRESPONSE']._serialized_end=2094
-  _globals['_EXPORTCSVREQUEST']._serialized_start=2096
-  _globals['_EXPORTCSVREQUEST']._serialized_end=2152
-  _globals['_EXPORTCSVRESPONSE']._serialized_start=2154
-  _globals['_EXPORTCSVRESPONSE']._serialized_end=2188
-  _globals['_STATUSSERVICE']._serialized_start=2499
-  _globals['_STATUSSERVICE']._serialized_end=2906
+  _globals['_IMAGESTATUS']._serialized_end=503
+  _globals['_WEBHOOKSTATUS']._serialized_start=506
+  _globals['_WEBHOOKSTATUS']._serialized_end=659
+  _globals['_REQUESTSTATUS']._serialized_start=662
+  _globals['_REQUESTSTATUS']._serialized_end=1102
+  _globals['_GETSTATUSREQUEST']._serialized_start=1105
+  _globals['_GETSTATUSREQUEST']._serialized_end=1251
+  _globals['_GETSTATUSRESPONSE']._serialized_start=1253
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1315
+  _globals['_WATCHSTATUSREQUEST']._serialized_start=1317
+  _globals['_WATCHSTATUSREQUEST']._serialized_end=1403
+  _globals['_IMAGEEVENT']._serialized_start=1406
+  _globals['_IMAGEEVENT']._serialized_end=1558
+  _globals['_WATCHSTATUSRESPONSE']._serialized_start=1561
+  _globals['_WATCHSTATUSRESPONSE']._serialized_end=1853
+  _globals['_EVENTBATCH']._serialized_start=1855
+  _globals['_EVENTBATCH']._serialized_end=1916
+  _globals['_LISTIMAGESREQUEST']._serialized_start=1918
+  _globals['_LISTIMAGESREQUEST']._serialized_end=2043
+  _globals['_LISTIMAGESRESPONSE']._serialized_start=2045
+  _globals['_LISTIMAGESRESPONSE']._serialized_end=2131
+  _globals['_LISTREQUESTSREQUEST']._serialized_start=2133
+  _globals['_LISTREQUESTSREQUEST']._serialized_end=2169
+  _globals['_LISTREQUESTSRESPONSE']._serialized_start=2171
+  _globals['_LISTREQUESTSRESPONSE']._serialized_end=2238
+  _globals['_EXPORTCSVREQUEST']._serialized_start=2240
+  _globals['_EXPORTCSVREQUEST']._serialized_end=2296
+  _globals['_EXPORTCSVRESPONSE']._serialized_start=2298
+  _globals['_EXPORTCSVRESPONSE']._serialized_end=2332
+  _globals['_STATUSSERVICE']._serialized_start=2643
+  _globals['_STATUSSERVICE']._serialized_end=3050
 # @@protoc_insertion_point(module_scope)

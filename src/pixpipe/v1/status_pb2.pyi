@@ -77,6 +77,10 @@ class ImageStatus(_message.Message):
     BYTES_IN_FIELD_NUMBER: _builtins.int
     BYTES_OUT_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
+    QUALITY_USED_FIELD_NUMBER: _builtins.int
+    ENCODER_FIELD_NUMBER: _builtins.int
+    EFFORT_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
     image_id: _builtins.str
     serial_number: _builtins.int
     product_name: _builtins.str
@@ -90,6 +94,15 @@ class ImageStatus(_message.Message):
     bytes_out: _builtins.int
     position: _builtins.int
     """0-based position of the URL within its product's cell."""
+    quality_used: _builtins.int
+    """The receipt of a completed image: the encoder's quality setting, the encoder
+    ("libjpeg-turbo", "mozjpeg", "libwebp", "libavif"; unset when the source was kept as it
+    was) and the effort it ran at.
+    """
+    encoder: _builtins.str
+    effort: _options_pb2.Effort.ValueType
+    score: _builtins.float
+    """SSIMULACRA2 score of the output against the decoded source, when it was measured."""
     def __init__(
         self,
         *,
@@ -103,19 +116,35 @@ class ImageStatus(_message.Message):
         bytes_in: _builtins.int = ...,
         bytes_out: _builtins.int = ...,
         position: _builtins.int = ...,
+        quality_used: _builtins.int | None = ...,
+        encoder: _builtins.str | None = ...,
+        effort: _options_pb2.Effort.ValueType = ...,
+        score: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "_output_url", b"_output_url", "error", b"error", "output_url", b"output_url"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_encoder", b"_encoder", "_error", b"_error", "_output_url", b"_output_url", "_quality_used", b"_quality_used", "_score", b"_score", "encoder", b"encoder", "error", b"error", "output_url", b"output_url", "quality_used", b"quality_used", "score", b"score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "_output_url", b"_output_url", "bytes_in", b"bytes_in", "bytes_out", b"bytes_out", "error", b"error", "image_id", b"image_id", "input_url", b"input_url", "output_url", b"output_url", "position", b"position", "product_name", b"product_name", "serial_number", b"serial_number", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_encoder", b"_encoder", "_error", b"_error", "_output_url", b"_output_url", "_quality_used", b"_quality_used", "_score", b"_score", "bytes_in", b"bytes_in", "bytes_out", b"bytes_out", "effort", b"effort", "encoder", b"encoder", "error", b"error", "image_id", b"image_id", "input_url", b"input_url", "output_url", b"output_url", "position", b"position", "product_name", b"product_name", "quality_used", b"quality_used", "score", b"score", "serial_number", b"serial_number", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__encoder: _TypeAlias = _typing.Literal["encoder"]  # noqa: Y015
+    _WhichOneofArgType__encoder: _TypeAlias = _typing.Literal["_encoder", b"_encoder"]  # noqa: Y015
     _WhichOneofReturnType__error: _TypeAlias = _typing.Literal["error"]  # noqa: Y015
     _WhichOneofArgType__error: _TypeAlias = _typing.Literal["_error", b"_error"]  # noqa: Y015
     _WhichOneofReturnType__output_url: _TypeAlias = _typing.Literal["output_url"]  # noqa: Y015
     _WhichOneofArgType__output_url: _TypeAlias = _typing.Literal["_output_url", b"_output_url"]  # noqa: Y015
+    _WhichOneofReturnType__quality_used: _TypeAlias = _typing.Literal["quality_used"]  # noqa: Y015
+    _WhichOneofArgType__quality_used: _TypeAlias = _typing.Literal["_quality_used", b"_quality_used"]  # noqa: Y015
+    _WhichOneofReturnType__score: _TypeAlias = _typing.Literal["score"]  # noqa: Y015
+    _WhichOneofArgType__score: _TypeAlias = _typing.Literal["_score", b"_score"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__encoder) -> _WhichOneofReturnType__encoder | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__error) -> _WhichOneofReturnType__error | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__output_url) -> _WhichOneofReturnType__output_url | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__quality_used) -> _WhichOneofReturnType__quality_used | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__score) -> _WhichOneofReturnType__score | None: ...
 
 Global___ImageStatus: _TypeAlias = ImageStatus  # noqa: Y015
 
