@@ -9,6 +9,7 @@ import pytest
 
 from tests.support.infrastructure import NatsServer, database_for_tests, nats_for_tests
 from tests.support.paths import corpus_root
+from tests.support.seaweedfs import s3_server  # noqa: F401  (a session fixture)
 
 CORPUS_DIR = corpus_root()
 

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+
 import uvicorn
 
+from pixpipe.object_storage import StorageMisconfigured
 from pixpipe.runtime import configure_logging
 from pixpipe.settings import Settings
+from pixpipe.storage import s3_store_from_settings
 from services.gateway.app import create_app
 
 
 def main() -> None:
     settings = Settings()
     configure_logging(settings, "gateway")
+    store = s3_store_from_settings(settings)
+    if store is not None:
+        try:
+            store.check()
+        except StorageMisconfigured as error:
+            logging.getLogger(__name__).error("cannot start: object storage %s", error)
+            raise SystemExit(2) from None
     uvicorn.run(create_app(settings), host=settings.bind_host, port=settings.gateway_port,
                 log_level=settings.log_level.lower(), timeout_graceful_shutdown=10)
 

@@ -11,9 +11,10 @@ from pixpipe.db.repository import Repository
 from pixpipe.events import EventPublisher
 from pixpipe.fetcher import SafeFetcher
 from pixpipe.metrics import WorkerMetrics, serve_metrics
+from pixpipe.object_storage import StorageMisconfigured
 from pixpipe.runtime import configure_logging, run_until_signalled
 from pixpipe.settings import Settings, codec_processes_per_worker
-from pixpipe.storage import ImageStore
+from pixpipe.storage import s3_store_from_settings, store_from_settings
 from services.worker.consumer import JobConsumer
 from services.worker.processor import CodecPool, ImageProcessor
 
@@ -21,13 +22,17 @@ log = logging.getLogger(__name__)
 
 
 async def work(settings: Settings, stop: asyncio.Event) -> None:
+    s3_store = s3_store_from_settings(settings)
+    if s3_store is not None:
+        # Wrong credentials or a missing bucket stop the worker here, not each image later.
+        await asyncio.to_thread(s3_store.check)
     engine = engine_from_settings(settings)
     repository = Repository(session_factory(engine))
     bus = await Bus.connect(settings, name="pixpipe-worker")
     # Alone on its machine unless told otherwise (make run tells it its share of the cores).
     codec = CodecPool(codec_processes_per_worker(settings, workers_on_this_machine=1))
     fetcher = SafeFetcher.from_settings(settings)
-    processor = ImageProcessor(settings, fetcher, codec, ImageStore(settings.images_dir))
+    processor = ImageProcessor(settings, fetcher, codec, store_from_settings(settings))
     metrics = WorkerMetrics()
     serve_metrics(metrics.registry, settings.bind_host, settings.metrics_port)
     consumer = JobConsumer(settings, bus, repository, processor,
@@ -47,7 +52,11 @@ async def work(settings: Settings, stop: asyncio.Event) -> None:
 def main() -> None:
     settings = Settings()
     configure_logging(settings, "worker")
-    run_until_signalled(lambda stop: work(settings, stop))
+    try:
+        run_until_signalled(lambda stop: work(settings, stop))
+    except StorageMisconfigured as error:
+        log.error("cannot start: object storage %s", error)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ from pixpipe.domain import Effort, ImageFailure, ImageJob, ImageOutcome, ImageSu
 from pixpipe.errors import DecodeError, FetchError
 from pixpipe.fetcher import SafeFetcher
 from pixpipe.jpeg_encoders import prepare_vips
+from pixpipe.object_storage import StorageUnavailable
 from pixpipe.settings import Settings
-from pixpipe.storage import ImageStore
+from pixpipe.storage import OutputStore
 from services.worker.codec_pool import ChildProcessDied, ChildProcessPool
 
 CODEC_NICENESS = 10
@@ -84,7 +85,7 @@ class StoredImage:
     score: float | None = None
 
 
-def transform_and_store(source: bytes, options: TransformOptions, store: ImageStore,
+def transform_and_store(source: bytes, options: TransformOptions, store: OutputStore,
                         request_id: str, image_id: str) -> StoredImage:
     """Runs in a codec process: the output is written there, so it never crosses the pipe."""
     result = transform_image(source, options)
@@ -107,13 +108,15 @@ class CodecPool:
         return self._pool.pids
 
     async def transform_and_store(self, data: bytes, options: TransformOptions,
-                                  store: ImageStore, job: ImageJob) -> StoredImage:
+                                  store: OutputStore, job: ImageJob) -> StoredImage:
         try:
             return await self._pool.run(transform_and_store, data, options, store,
                                         job.request_id, job.image_id)
         except ChildProcessDied:
             # Out of memory, a crash in a native decoder: the pool starts a new process.
             raise TransientFailure("image processor crashed") from None
+        except StorageUnavailable as error:
+            raise TransientFailure(error.reason) from None
 
     async def aclose(self) -> None:
         await self._pool.aclose()
@@ -121,7 +124,7 @@ class CodecPool:
 
 class ImageProcessor:
     def __init__(self, settings: Settings, fetcher: SafeFetcher, codec: CodecPool,
-                 store: ImageStore) -> None:
+                 store: OutputStore) -> None:
         self._settings = settings
         self._fetcher = fetcher
         self._codec = codec

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -101,6 +102,24 @@ class Settings(BaseSettings):
                                          "owns a delivery attempt before another may retry.")
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
 
+    # Object storage: outputs in an S3-compatible bucket instead of the data dir.
+    storage_url: str | None = Field(default=None, description="s3://bucket/prefix: outputs "
+                                    "go to that bucket and nothing to the data dir; unset: "
+                                    "<data dir>/processed_images.")
+    s3_endpoint_url: str | None = Field(default=None, description="S3 API address for "
+                                        "servers other than AWS (SeaweedFS, MinIO, …).")
+    s3_public_endpoint_url: str | None = Field(default=None, description="S3 address users "
+                                               "reach, for presigned URLs; default: "
+                                               "s3_endpoint_url.")
+    s3_serve: Literal["redirect", "proxy"] = Field(default="redirect", description="How the "
+                                                   "gateway answers /processed_images/…: a "
+                                                   "redirect to a presigned URL, or the bytes.")
+    s3_presign_seconds: int = Field(default=3600, ge=60, le=604800)
+    s3_cache_control: str = "public, max-age=31536000, immutable"
+    s3_multipart_threshold_bytes: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024,
+                                              description="Outputs this large or larger "
+                                              "are uploaded in parts of this size.")
+
     log_level: str = "INFO"
 
     @field_validator("job_retry_backoff_seconds", "webhook_retry_schedule", mode="before")
@@ -113,6 +132,13 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [float(part) for part in text.split(",") if part.strip()]
         return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage_url(cls, value: str | None) -> str | None:
+        if value and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?", value):
+            raise ValueError("must be s3://bucket or s3://bucket/prefix")
+        return value or None
 
     @field_validator("public_base_url")
     @classmethod

@@ -50,6 +50,8 @@ class Stack:
     stop_requested: Callable[[], bool] = lambda: False
     # The embedded server's port once started: kept across its restarts.
     nats_port: int | None = None
+    # Each worker under <data dir>/worker-N, so nothing can rely on a disk they share.
+    separate_worker_data_dirs: bool = False
     # How each service was started (its module and environment), to start it again.
     _launches: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
 
@@ -70,7 +72,14 @@ class Stack:
             self._spawn("notifier", "services.notifier.main", env)
             worker_env = self.worker_environment(env)
             for index in range(self.workers):
-                self._spawn(f"worker-{index + 1}", "services.worker.main", worker_env)
+                name = f"worker-{index + 1}"
+                if self.separate_worker_data_dirs:
+                    own = settings.data_dir.resolve() / name
+                    own.mkdir(exist_ok=True)
+                    self._spawn(name, "services.worker.main",
+                                {**worker_env, "PIXPIPE_DATA_DIR": str(own)})
+                else:
+                    self._spawn(name, "services.worker.main", worker_env)
             self._spawn("gateway", "services.gateway.main", env)
             self.wait_until_ready()
         except BaseException:

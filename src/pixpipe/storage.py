@@ -1,10 +1,35 @@
-"""Stores processed images under the data directory with atomic, idempotent writes."""
+"""Where outputs go: the data directory (atomic, idempotent writes) or object storage."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+from typing import Protocol
+
+from pixpipe.object_storage import S3Store
+from pixpipe.settings import Settings
+
+
+class OutputStore(Protocol):
+    """What a codec process writes through; it must pickle, as it travels with each call."""
+
+    def relative_path(self, request_id: str, image_id: str, extension: str) -> str: ...
+
+    def write(self, relative_path: str, data: bytes) -> None: ...
+
+
+def s3_store_from_settings(settings: Settings) -> S3Store | None:
+    if not settings.storage_url:
+        return None
+    return S3Store.from_url(settings.storage_url, endpoint_url=settings.s3_endpoint_url,
+                            cache_control=settings.s3_cache_control,
+                            multipart_threshold=settings.s3_multipart_threshold_bytes)
+
+
+def store_from_settings(settings: Settings) -> OutputStore:
+    """Object storage when PIXPIPE_STORAGE_URL is set, else <data dir>/processed_images."""
+    return s3_store_from_settings(settings) or ImageStore(settings.images_dir)
 
 
 class ImageStore:

@@ -46,6 +46,8 @@ LISTENING_PORT_FIELD = {"ingest": "ingest_port", "notifier": "status_port",
 # The long-running services that wait for the schema and for JetStream.
 GATED_SERVICES = ("ingest", "worker", "notifier", "gateway")
 HEALTH_CHECKED = ("nats", "postgres", "ingest", "notifier", "gateway")
+# Read by boto3 for object storage: the standard names, as every S3 tool expects them.
+AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 
 Service = dict[str, Any]
 
@@ -345,10 +347,10 @@ def test_app_services_are_configured_only_through_settings(
             f"service '{name}' uses env_file, whose variables this test cannot check; "
             "put them under environment")
         foreign = sorted(key for key in compose_environment(spec)
-                         if not key.startswith(PREFIX))
+                         if not key.startswith((PREFIX, *AWS_VARIABLES)))
         assert not foreign, (
             f"service '{name}' sets {', '.join(foreign)}, which pixpipe never reads; "
-            "its configuration is PIXPIPE_* variables only")
+            "its configuration is PIXPIPE_* variables and the standard AWS credentials only")
 
 
 def test_each_service_environment_is_valid_settings(
@@ -609,14 +611,22 @@ def _mount_holding(path: PurePosixPath, spec: Service) -> Mount | None:
     return max(covering, key=lambda mount: len(mount.target), default=None)
 
 
-def test_workers_and_gateway_share_the_images_volume(
+def test_workers_and_gateway_share_the_images_volume_or_bucket(
         compose: dict[str, Any], services: dict[str, Service], stages: list[Stage],
         monkeypatch: pytest.MonkeyPatch) -> None:
     declared = set(compose.get("volumes") or {})
+    settings = {name: settings_of(name, require_service(services, name), stages, monkeypatch)
+                for name in ("worker", "gateway")}
+    buckets = {name: (each.storage_url, each.s3_endpoint_url)
+               for name, each in settings.items()}
+    if any(storage_url for storage_url, _ in buckets.values()):
+        assert buckets["worker"] == buckets["gateway"], (
+            f"workers write images to {buckets['worker']} but the gateway reads "
+            f"{buckets['gateway']}")
+        return
     sources = {}
     for name in ("worker", "gateway"):
-        images_dir = PurePosixPath(
-            settings_of(name, require_service(services, name), stages, monkeypatch).images_dir)
+        images_dir = PurePosixPath(settings[name].images_dir)
         mount = _mount_holding(images_dir, services[name])
         assert mount is not None, (
             f"service '{name}' keeps processed images in {images_dir}, which is on no volume: "

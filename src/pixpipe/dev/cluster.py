@@ -1,4 +1,8 @@
-"""``make cluster``: a three-node NATS JetStream cluster, PostgreSQL and N workers, locally."""
+"""``make cluster``: a three-node NATS JetStream cluster, PostgreSQL, S3 and N workers, locally.
+
+Each worker has a data directory of its own and the outputs go to object storage (a local
+SeaweedFS unless PIXPIPE_STORAGE_URL names another), so nothing relies on a shared disk.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 
 from pixpipe.dev.local_postgres import throwaway_postgres
 from pixpipe.dev.nats_cluster import nats_cluster
+from pixpipe.dev.seaweedfs import seaweed_s3
 from pixpipe.settings import Settings
 from pixpipe.stack import Stack, run_until_stopped, stop_on_signals
 
@@ -25,6 +30,16 @@ def database(settings: Settings) -> Iterator[str]:
         yield postgres.url
 
 
+@contextlib.contextmanager
+def object_storage(settings: Settings, root: Path) -> Iterator[dict[str, str]]:
+    """PIXPIPE_STORAGE_URL when set (with the AWS_* of the environment); else a SeaweedFS."""
+    if settings.storage_url:
+        yield {}
+        return
+    with seaweed_s3(root) as server:
+        yield server.environment(prefix="processed_images")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, default=3)
@@ -32,19 +47,23 @@ def main() -> None:
     base = Settings()
     stop_requested = stop_on_signals()
     root = Path(tempfile.mkdtemp(prefix="pixpipe-cluster-"))
-    with nats_cluster(root / "nats") as cluster, database(base) as url:
+    with (nats_cluster(root / "nats") as cluster, database(base) as url,
+          object_storage(base, root / "s3") as storage):
         settings = base.model_copy(update={"nats_url": cluster.url, "database_url": url,
                                            "stream_replicas": 3})
         stack = Stack(settings=settings, workers=args.workers, log_dir=root / "logs",
                       environment={"PIXPIPE_NATS_URL": cluster.url,
                                    "PIXPIPE_DATABASE_URL": url,
-                                   "PIXPIPE_STREAM_REPLICAS": "3"})
+                                   "PIXPIPE_STREAM_REPLICAS": "3", **storage},
+                      separate_worker_data_dirs=True)
         stack.start()
         print("pixpipe cluster is running:")
         for node in cluster.nodes:
             print(f"  NATS {node.name}        nats://127.0.0.1:{node.client_port}")
         print(f"  PostgreSQL     {url}")
-        print(f"  workers        {args.workers}")
+        print(f"  workers        {args.workers}, each with its own data directory")
+        print(f"  object storage {storage.get('PIXPIPE_STORAGE_URL') or settings.storage_url}"
+              + (f" at {storage['PIXPIPE_S3_ENDPOINT_URL']}" if storage else ""))
         print(f"  REST gateway   http://{settings.bind_host}:{settings.gateway_port}")
         print(f"  logs           {root / 'logs'}")
         print("Press Ctrl-C to stop.", flush=True)
