@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -96,6 +97,11 @@ class ImageRecord(Base):
     bytes_out: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     width: Mapped[int | None] = mapped_column(Integer, nullable=True)
     height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The receipt of a completed image: what encoded it (encoder NULL: the source was kept).
+    quality_used: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    encoder: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    effort: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (

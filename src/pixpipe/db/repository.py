@@ -60,7 +60,8 @@ _PRODUCT_NAME = (select(_products.c.product_name)
 _IMAGE_COLUMNS = (_images.c.request_id, _images.c.id, _images.c.serial_number,
                   _PRODUCT_NAME, _images.c.position, _images.c.input_url,
                   _images.c.status, _images.c.error, _images.c.output_path,
-                  _images.c.bytes_in, _images.c.bytes_out)
+                  _images.c.bytes_in, _images.c.bytes_out, _images.c.quality_used,
+                  _images.c.encoder, _images.c.effort, _images.c.score)
 _NOW = bindparam("p_now", type_=DateTime(timezone=True))
 
 
@@ -93,7 +94,9 @@ _FINISH_IMAGE = (
             error=bindparam("p_error"),
             output_path=bindparam("p_output_path"), bytes_in=bindparam("p_bytes_in"),
             bytes_out=bindparam("p_bytes_out"), width=bindparam("p_width"),
-            height=bindparam("p_height"), updated_at=_NOW)
+            height=bindparam("p_height"), quality_used=bindparam("p_quality_used"),
+            encoder=bindparam("p_encoder"), effort=bindparam("p_effort"),
+            score=bindparam("p_score"), updated_at=_NOW)
     .returning(*_IMAGE_COLUMNS)
 )
 _NOTE_RETRY = (
@@ -271,13 +274,16 @@ class Repository:
         succeeded = isinstance(outcome, ImageSuccess)
         values: dict[str, Any] = {
             "p_image_id": image_id, "p_output_path": None, "p_bytes_out": None,
-            "p_width": None, "p_height": None, "p_error": None,
+            "p_width": None, "p_height": None, "p_error": None, "p_quality_used": None,
+            "p_encoder": None, "p_effort": None, "p_score": None,
             "p_status": (ImageState.COMPLETED if succeeded else ImageState.FAILED).value,
             "p_bytes_in": outcome.bytes_in,
         }
         if isinstance(outcome, ImageSuccess):
             values.update(p_output_path=outcome.output_path, p_bytes_out=outcome.bytes_out,
-                          p_width=outcome.width, p_height=outcome.height)
+                          p_width=outcome.width, p_height=outcome.height,
+                          p_quality_used=outcome.quality_used, p_encoder=outcome.encoder,
+                          p_effort=outcome.effort, p_score=outcome.score)
         else:
             values.update(p_error=outcome.reason)
 
@@ -402,7 +408,8 @@ def _image_view(row: Row[Any, *tuple[Any, ...]]) -> ImageView:
         image_id=row.id, serial_number=row.serial_number, product_name=row.product_name or "",
         position=row.position, input_url=row.input_url, status=ImageState(row.status),
         error=row.error, output_path=row.output_path, bytes_in=row.bytes_in,
-        bytes_out=row.bytes_out,
+        bytes_out=row.bytes_out, quality_used=row.quality_used, encoder=row.encoder,
+        effort=row.effort, score=row.score,
     )
 
 
