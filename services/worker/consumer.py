@@ -50,9 +50,6 @@ class ProcessingMark:
         assert self._task is not None
         return await asyncio.shield(self._task)
 
-    async def ensure(self) -> None:
-        await self.now()
-
     async def settled(self) -> None:
         """Wait for a mark under way, so nothing is committed before it; start none."""
         if self._task is not None:
@@ -168,7 +165,7 @@ class JobConsumer:
         # then costs one commit and one event instead of two of each.
         timer = asyncio.get_running_loop().call_later(SLOW_DOWNLOAD_SECONDS, mark.soon)
         try:
-            outcome = await self._processor.process(job, before_encoding=mark.ensure)
+            outcome = await self._processor.process(job, before_encoding=mark.now)
         except TransientFailure as failure:
             deliveries = message.metadata.num_delivered
             if deliveries < self._settings.job_max_deliver:

@@ -131,11 +131,12 @@ class ImageProcessor:
         self._store = store
 
     async def process(self, job: ImageJob, *,
-                      before_encoding: Callable[[], Awaitable[None]] | None = None,
+                      before_encoding: Callable[[], Awaitable[bool]] | None = None,
                       ) -> ImageOutcome:
         """Raises TransientFailure for faults a later attempt may not meet.
 
-        ``before_encoding`` runs once the source is downloaded, before the codec gets it.
+        ``before_encoding`` runs once the source is downloaded, before the codec gets it; when
+        it answers False (the image is unknown or already settled) nothing is encoded.
         """
         try:
             fetched = await self._fetcher.fetch(job.url)
@@ -144,8 +145,8 @@ class ImageProcessor:
                 raise TransientFailure(error.reason) from None
             return ImageFailure(reason=error.reason)
         bytes_in = len(fetched.content)
-        if before_encoding is not None:
-            await before_encoding()
+        if before_encoding is not None and not await before_encoding():
+            return ImageFailure(reason="image is not open for processing", bytes_in=bytes_in)
         try:
             stored = await self._codec.transform_and_store(
                 fetched.content, transform_options(job, self._settings), self._store, job)

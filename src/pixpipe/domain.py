@@ -42,13 +42,20 @@ class RequestOptions(BaseModel):
     effort: Effort | None = None
 
 
+# The ids a job carries become parts of file paths and object keys: only these shapes pass.
+REQUEST_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+IMAGE_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+
 class ImageJob(BaseModel):
-    """The message a worker pulls from JetStream: one image of one request."""
+    """The message a worker pulls from JetStream: one image of one request. A message whose
+    ids are not a request's UUID and an image's 32 hex digits is refused as malformed (a
+    forged ``../`` id must never reach the file system)."""
 
     model_config = ConfigDict(frozen=True)
 
-    request_id: str
-    image_id: str
+    request_id: str = Field(pattern=REQUEST_ID_PATTERN)
+    image_id: str = Field(pattern=IMAGE_ID_PATTERN)
     url: str
     options: RequestOptions = RequestOptions()
 

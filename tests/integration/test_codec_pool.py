@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -123,8 +124,8 @@ async def test_codec_pool_transforms_stores_and_reports_decode_errors(tmp_path: 
     options = TransformOptions(quality=50)
     photo = (corpus_root() / "photos" / "rocket.jpg").read_bytes()
     try:
-        job = ImageJob(request_id="req", image_id="img", url="http://example.com/rocket.jpg",
-                       options=RequestOptions())
+        job = ImageJob(request_id=str(uuid.uuid4()), image_id=uuid.uuid4().hex,
+                       url="http://example.com/rocket.jpg", options=RequestOptions())
         stored = await codec.transform_and_store(photo, options, store, job)
         with Image.open(store.absolute_path(stored.relative_path)) as image:
             assert image.format == "JPEG"

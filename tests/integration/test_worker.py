@@ -201,3 +201,34 @@ async def test_worker_metrics_count_outcomes_and_failure_reasons(
 
     assert value(text, 'pixpipe_images_total{outcome="completed"}') >= 1
     assert value(text, 'pixpipe_image_failures_total{reason="http_4xx"}') >= 1
+
+
+async def test_a_forged_job_is_dropped_and_writes_nothing(
+        make_settings: Callable[..., Settings], repository: Repository, bus: Bus,
+        http_server: CorpusHttpServer, tmp_path: Path) -> None:
+    """Ids from the bus become file paths: a job whose ids are not ids never reaches a codec."""
+    import json
+    import uuid
+
+    from pixpipe.bus import jobs_subject
+
+    settings = make_settings()
+    real = str(uuid.uuid4())
+    forged = {"request_id": "../../../escaped", "image_id": "../evil",
+              "url": http_server.url("/photos/rocket.jpg"), "options": {}}
+    await bus.js.publish(jobs_subject(real), json.dumps(forged).encode(),
+                         headers={"Nats-Msg-Id": f"forged-{real}"})
+    # Well-formed ids of an image that does not exist: downloaded perhaps, never stored.
+    unknown = {**forged, "request_id": real, "image_id": uuid.uuid4().hex}
+    await bus.js.publish(jobs_subject(real), json.dumps(unknown).encode(),
+                         headers={"Nats-Msg-Id": f"unknown-{real}"})
+    async with running_worker(settings):
+        # A real request published after it finishes only once the forged one was handled.
+        request_id = await submit(repository, bus, [http_server.url("/photos/rocket.jpg")])
+        view = await wait_terminal(repository, request_id)
+    assert view.counters.status == RequestState.COMPLETED
+    # Where the forged ids would have put the output, and anything named after them.
+    landing = settings.images_dir / "../../../escaped/../evil.jpg"
+    assert not landing.resolve().exists()
+    assert not list(tmp_path.parent.rglob("evil*")) and not list(tmp_path.parent.rglob("escaped"))
+    assert not (settings.images_dir / real).exists()

@@ -89,3 +89,21 @@ def test_configured_codec_processes_win(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_available_cores_is_at_most_the_machine_total() -> None:
     assert 1 <= available_cores() <= (os.cpu_count() or 1)
+
+
+def test_job_ids_that_are_not_ids_are_refused() -> None:
+    import uuid
+
+    import pytest
+    from pydantic import ValidationError
+
+    from pixpipe.domain import ImageJob
+
+    good = {"request_id": str(uuid.uuid4()), "image_id": uuid.uuid4().hex,
+            "url": "https://img.example/a.jpg"}
+    assert ImageJob.model_validate(good).image_id == good["image_id"]
+    for field, value in (("request_id", "../../etc"), ("request_id", good["request_id"] + "/x"),
+                         ("image_id", "../passwd"), ("image_id", good["image_id"].upper()),
+                         ("image_id", good["image_id"] + "\n")):
+        with pytest.raises(ValidationError):
+            ImageJob.model_validate({**good, field: value})
