@@ -70,12 +70,20 @@ def resume_version(last_event_id: str) -> int:
     return version if version <= MAX_VERSION else 0
 
 
-def _processing_options(quality: int | None, max_width: int | None, max_height: int | None,
-                        image_format: OutputFormat | None,
-                        effort: Effort | None = None) -> options_pb2.ProcessingOptions:
+# A quality of 1-95, or auto (the lowest that reaches target_score).
+QUALITY_PATTERN = r"^(auto|[1-9]|[1-8][0-9]|9[0-5])$"
+
+
+def _processing_options(quality: str | None, max_width: int | None, max_height: int | None,
+                        image_format: OutputFormat | None, effort: Effort | None = None,
+                        target_score: float | None = None) -> options_pb2.ProcessingOptions:
     options = options_pb2.ProcessingOptions()
-    if quality is not None:
-        options.quality = quality
+    if quality == "auto":
+        options.quality_auto = True
+    elif quality is not None:
+        options.quality = int(quality)
+    if target_score is not None:
+        options.target_score = target_score
     if max_width is not None:
         options.max_width = max_width
     if max_height is not None:
@@ -134,15 +142,18 @@ def create_app(settings: Settings) -> FastAPI:
         file: Annotated[UploadFile, File(description="CSV: S. No., Product Name, "
                                                      "Input Image Urls")],
         webhook_url: Annotated[str | None, Form()] = None,
-        quality: Annotated[int | None, Form(ge=1, le=95)] = None,
+        quality: Annotated[str | None, Form(pattern=QUALITY_PATTERN,
+                                            description="1-95 or auto")] = None,
         max_width: Annotated[int | None, Form(ge=1, le=65535)] = None,
         max_height: Annotated[int | None, Form(ge=1, le=65535)] = None,
         format: Annotated[OutputFormat | None, Form()] = None,
         effort: Annotated[Effort | None, Form()] = None,
+        target_score: Annotated[float | None, Form(ge=0, le=100)] = None,
     ) -> Any:
         metadata = ingest_pb2.UploadMetadata(
             file_name=file.filename or "", webhook_url=webhook_url or "",
-            options=_processing_options(quality, max_width, max_height, format, effort))
+            options=_processing_options(quality, max_width, max_height, format, effort,
+                                        target_score))
         try:
             answer: ingest_pb2.UploadResponse = await grpc_clients().ingest.Upload(
                 _upload_messages(file, metadata), metadata=grpc_clients().metadata,

@@ -32,12 +32,15 @@ class TransientFailure(Exception):
 def transform_options(job: ImageJob, settings: Settings) -> TransformOptions:
     options = job.options
     return TransformOptions(
-        quality=options.quality or settings.default_quality,
+        quality=(options.quality if isinstance(options.quality, int)
+                 else settings.default_quality),
         max_width=options.max_width,
         max_height=options.max_height,
         format=options.format or settings.default_format,
         max_pixels=settings.max_image_pixels,
         effort=options.effort or settings.default_effort,
+        target_score=((options.target_score or settings.default_target_score)
+                      if options.quality == "auto" else None),
     )
 
 

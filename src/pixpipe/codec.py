@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from pixpipe.auto_quality import search_quality
 from pixpipe.errors import DecodeError
 from pixpipe.jpeg_encoders import Effort, encode_jpeg, encoder_name
 
@@ -42,6 +43,8 @@ class TransformOptions:
     format: OutputFormat = "jpeg"
     max_pixels: int = 50_000_000
     effort: Effort = "balanced"
+    # Set: quality=auto, the lowest quality whose SSIMULACRA2 score reaches this target.
+    target_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,12 @@ def transform_image(source: bytes, options: TransformOptions) -> TransformResult
             picture = picture.resize(target, Image.Resampling.LANCZOS, reducing_gap=2.0)
         if icc and not _profile_fits(icc, picture.mode):
             icc = None
-        data = _encode(picture, options.format, options.quality, icc, options.effort)
+        quality, score = options.quality, None
+        if options.target_score is not None:
+            found = search_quality(picture, options.target_score, lambda tiles, q: _encode(
+                tiles, options.format, q, None, options.effort))
+            quality, score = found.quality, found.score
+        data = _encode(picture, options.format, quality, icc, options.effort)
 
     # Re-encoding a small, already well-compressed file can grow it; in its own format and
     # size the original is then the better answer.
@@ -111,9 +119,10 @@ def transform_image(source: bytes, options: TransformOptions) -> TransformResult
         source_width=upright[0],
         source_height=upright[1],
         kept_source=kept,
-        quality_used=None if kept else options.quality,
+        quality_used=None if kept else quality,
         encoder=None if kept else _ENCODERS.get(options.format) or encoder_name(options.effort),
         effort=options.effort,
+        score=None if kept else score,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,11 +35,13 @@ class RequestOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    quality: int | None = Field(default=None, ge=1, le=95)
+    # "auto": per image, the lowest quality whose output reaches ``target_score``.
+    quality: Annotated[int, Field(ge=1, le=95)] | Literal["auto"] | None = None
     max_width: int | None = Field(default=None, ge=1, le=65535)
     max_height: int | None = Field(default=None, ge=1, le=65535)
     format: OutputFormat | None = None
     effort: Effort | None = None
+    target_score: float | None = Field(default=None, ge=0, le=100)
 
 
 # The ids a job carries become parts of file paths and object keys: only these shapes pass.

@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     # fast: libjpeg-turbo baseline; balanced: mozjpeg's tables on libjpeg-turbo, progressive;
     # max: mozjpeg with trellis quantisation (docs/codec.md).
     default_effort: Effort = "balanced"
+    # quality=auto aims at this SSIMULACRA2 score unless the request names one.
+    default_target_score: float = Field(default=70.0, ge=0, le=100)
 
     # Workers.
     worker_concurrency: int = Field(default=8, ge=1, description="Jobs one worker process "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -67,7 +67,9 @@ def timestamp(moment: datetime) -> Timestamp:
 
 def options_to_proto(options: RequestOptions) -> options_pb2.ProcessingOptions:
     message = options_pb2.ProcessingOptions()
-    if options.quality is not None:
+    if options.quality == "auto":
+        message.quality_auto = True
+    elif options.quality is not None:
         message.quality = options.quality
     if options.max_width is not None:
         message.max_width = options.max_width
@@ -77,17 +79,25 @@ def options_to_proto(options: RequestOptions) -> options_pb2.ProcessingOptions:
         message.format = _FORMATS_TO_PROTO[options.format]
     if options.effort is not None:
         message.effort = EFFORTS_TO_PROTO[options.effort]
+    if options.target_score is not None:
+        message.target_score = options.target_score
     return message
 
 
 def options_from_proto(message: options_pb2.ProcessingOptions) -> RequestOptions:
     """Raises pydantic.ValidationError for out-of-range values."""
+    quality: int | Literal["auto"] | None = None
+    if message.quality_auto:
+        quality = "auto"
+    elif message.HasField("quality"):
+        quality = message.quality
     return RequestOptions(
-        quality=message.quality if message.HasField("quality") else None,
+        quality=quality,
         max_width=message.max_width if message.HasField("max_width") else None,
         max_height=message.max_height if message.HasField("max_height") else None,
         format=FORMATS_FROM_PROTO.get(message.format),
         effort=EFFORTS_FROM_PROTO.get(message.effort),
+        target_score=message.target_score if message.HasField("target_score") else None,
     )
 
 
@@ -219,6 +229,8 @@ def request_to_json(message: status_pb2.RequestStatus) -> dict[str, Any]:
     if "format" in options:
         fmt = _enum_suffix(options["format"], "IMAGE_FORMAT_")
         options["format"] = None if fmt == "unspecified" else fmt
+    if options.pop("quality_auto", False):
+        options["quality"] = "auto"
     if "effort" in options:
         effort = _enum_suffix(options["effort"], "EFFORT_")
         options["effort"] = None if effort == "unspecified" else effort

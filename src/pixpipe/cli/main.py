@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit = commands.add_parser("submit", help="upload a CSV of products and image URLs")
     submit.add_argument("file", type=Path)
     submit.add_argument("--webhook", default="", help="URL to POST the result to")
-    submit.add_argument("--quality", type=int, help="1-95 (default 50)")
+    submit.add_argument("--quality", type=_quality, help="1-95 (default 50) or auto")
+    submit.add_argument("--target-score", type=float,
+                        help="with --quality auto: SSIMULACRA2 score to reach (default 70)")
     submit.add_argument("--max-width", type=int)
     submit.add_argument("--max-height", type=int)
     submit.add_argument("--format", choices=sorted(FORMATS_TO_PROTO))
@@ -97,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quality(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not (text.isdigit() and 1 <= int(text) <= 95):
+        raise argparse.ArgumentTypeError("must be a whole number from 1 to 95, or auto")
+    return int(text)
+
+
 def page_size(text: str) -> int:
     try:
         size = int(text)
@@ -122,7 +132,13 @@ async def submit(client: PixpipeClient, args: argparse.Namespace, console: Conso
     if not args.file.is_file():
         raise UsageError(f"no such file: {args.file}")
     options = options_pb2.ProcessingOptions()
-    for name in ("quality", "max_width", "max_height"):
+    if args.quality == "auto":
+        options.quality_auto = True
+    elif args.quality is not None:
+        options.quality = args.quality
+    if args.target_score is not None:
+        options.target_score = args.target_score
+    for name in ("max_width", "max_height"):
         if getattr(args, name) is not None:
             setattr(options, name, getattr(args, name))
     if args.format:

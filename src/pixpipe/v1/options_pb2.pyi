@@ -78,6 +78,8 @@ class ProcessingOptions(_message.Message):
     MAX_HEIGHT_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     EFFORT_FIELD_NUMBER: _builtins.int
+    QUALITY_AUTO_FIELD_NUMBER: _builtins.int
+    TARGET_SCORE_FIELD_NUMBER: _builtins.int
     quality: _builtins.int
     """Encoder quality 1-95; default 50 ("50% of original quality")."""
     max_width: _builtins.int
@@ -85,6 +87,11 @@ class ProcessingOptions(_message.Message):
     max_height: _builtins.int
     format: Global___ImageFormat.ValueType
     effort: Global___Effort.ValueType
+    quality_auto: _builtins.bool
+    """quality=auto: per image, the lowest quality whose output scores `target_score`
+    (SSIMULACRA2, default 70 = "high"); `quality` is then ignored.
+    """
+    target_score: _builtins.float
     def __init__(
         self,
         *,
@@ -93,10 +100,12 @@ class ProcessingOptions(_message.Message):
         max_height: _builtins.int | None = ...,
         format: Global___ImageFormat.ValueType = ...,
         effort: Global___Effort.ValueType = ...,
+        quality_auto: _builtins.bool = ...,
+        target_score: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_height", b"_max_height", "_max_width", b"_max_width", "_quality", b"_quality", "max_height", b"max_height", "max_width", b"max_width", "quality", b"quality"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_height", b"_max_height", "_max_width", b"_max_width", "_quality", b"_quality", "_target_score", b"_target_score", "max_height", b"max_height", "max_width", b"max_width", "quality", b"quality", "target_score", b"target_score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_height", b"_max_height", "_max_width", b"_max_width", "_quality", b"_quality", "effort", b"effort", "format", b"format", "max_height", b"max_height", "max_width", b"max_width", "quality", b"quality"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_height", b"_max_height", "_max_width", b"_max_width", "_quality", b"_quality", "_target_score", b"_target_score", "effort", b"effort", "format", b"format", "max_height", b"max_height", "max_width", b"max_width", "quality", b"quality", "quality_auto", b"quality_auto", "target_score", b"target_score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_height: _TypeAlias = _typing.Literal["max_height"]  # noqa: Y015
     _WhichOneofArgType__max_height: _TypeAlias = _typing.Literal["_max_height", b"_max_height"]  # noqa: Y015
@@ -104,11 +113,15 @@ class ProcessingOptions(_message.Message):
     _WhichOneofArgType__max_width: _TypeAlias = _typing.Literal["_max_width", b"_max_width"]  # noqa: Y015
     _WhichOneofReturnType__quality: _TypeAlias = _typing.Literal["quality"]  # noqa: Y015
     _WhichOneofArgType__quality: _TypeAlias = _typing.Literal["_quality", b"_quality"]  # noqa: Y015
+    _WhichOneofReturnType__target_score: _TypeAlias = _typing.Literal["target_score"]  # noqa: Y015
+    _WhichOneofArgType__target_score: _TypeAlias = _typing.Literal["_target_score", b"_target_score"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_height) -> _WhichOneofReturnType__max_height | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_width) -> _WhichOneofReturnType__max_width | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__quality) -> _WhichOneofReturnType__quality | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__target_score) -> _WhichOneofReturnType__target_score | None: ...
 
 Global___ProcessingOptions: _TypeAlias = ProcessingOptions  # noqa: Y015
