@@ -12,6 +12,7 @@ from pixpipe.db.webhooks import WebhookRepository
 from pixpipe.events import EventPublisher, republish_completions
 from pixpipe.grpc_server import GrpcServer
 from pixpipe.metrics import NotifierMetrics, serve_metrics
+from pixpipe.retention import keep_purging
 from pixpipe.runtime import configure_logging, run_until_signalled
 from pixpipe.settings import Settings
 from pixpipe.v1 import status_pb2
@@ -38,6 +39,7 @@ class Notifier:
                                             self._sender, self.metrics)
         self._gauges: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._retention: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._deliveries: asyncio.Task[None] | None = None
         self.hub: EventHub | None = None
@@ -60,6 +62,9 @@ class Notifier:
             self.metrics, self._bus, self.webhooks, self.hub, self._stop))
         self._sweeper = asyncio.create_task(republish_completions(
             EventPublisher(self._bus, self.repository), self.repository, self._stop))
+        if settings.retention_days is not None:
+            self._retention = asyncio.create_task(
+                keep_purging(settings, self._engine, self._stop))
         serve_metrics(self.metrics.registry, settings.bind_host, settings.metrics_port)
         self.server = GrpcServer(host=settings.bind_host, port=settings.status_port,
                                  api_token=settings.api_token)
@@ -81,6 +86,8 @@ class Notifier:
             await self._gauges
         if self._sweeper is not None:
             await self._sweeper
+        if self._retention is not None:
+            await self._retention
         await self._sender.aclose()
         if self.hub is not None:
             await self.hub.stop()

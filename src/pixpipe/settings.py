@@ -122,6 +122,12 @@ class Settings(BaseSettings):
                                               description="Outputs this large or larger "
                                               "are uploaded in parts of this size.")
 
+    # Retention: finished requests older than this are deleted, outputs and rows.
+    retention_days: float | None = Field(default=None, gt=0, description="Days a finished "
+                                         "request is kept; unset keeps everything.")
+    retention_interval_seconds: float = Field(default=3600.0, gt=0, description="How often "
+                                              "a notifier looks for expired requests.")
+
     log_level: str = "INFO"
 
     @field_validator("job_retry_backoff_seconds", "webhook_retry_schedule", mode="before")

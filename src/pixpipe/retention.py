@@ -1,0 +1,83 @@
+"""Deletes finished requests older than PIXPIPE_RETENTION_DAYS: their outputs, then their rows."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from pixpipe.db.models import ImageRecord, RequestRecord
+from pixpipe.runtime import sleep_unless_stopped
+from pixpipe.settings import Settings
+from pixpipe.storage import s3_store_from_settings
+
+log = logging.getLogger(__name__)
+
+# Requests per round: one transaction deletes their rows (products, images and webhook rows
+# go with them through ON DELETE CASCADE), after one batch delete of their outputs.
+BATCH_REQUESTS = 10
+
+# Removes the outputs of some requests: (request ids, their images' relative paths).
+OutputRemover = Callable[[Sequence[str], Sequence[str]], None]
+
+
+def output_remover(settings: Settings) -> OutputRemover:
+    store = s3_store_from_settings(settings)
+    if store is not None:
+        return lambda _request_ids, paths: store.delete(list(paths))
+
+    def remove_directories(request_ids: Sequence[str], _paths: Sequence[str]) -> None:
+        for request_id in request_ids:
+            shutil.rmtree(settings.images_dir / request_id, ignore_errors=True)
+
+    return remove_directories
+
+
+async def purge_expired(engine: AsyncEngine, remove_outputs: OutputRemover, *,
+                        cutoff: datetime, batch: int = BATCH_REQUESTS) -> int:
+    """Delete every finished request created before ``cutoff``; returns how many.
+
+    Outputs go first: a crash in between leaves rows whose files are gone (deleted again on
+    the next round), never files no row points to.
+    """
+    expired = (select(RequestRecord.id)
+               .where(or_(RequestRecord.status == "completed", RequestRecord.status == "failed"),
+                      RequestRecord.created_at < cutoff)
+               .limit(batch))
+    purged = 0
+    while True:
+        async with engine.connect() as connection:
+            request_ids = list((await connection.scalars(expired)).all())
+            if not request_ids:
+                return purged
+            paths = [path for path in (await connection.scalars(
+                select(ImageRecord.output_path).where(
+                    ImageRecord.request_id.in_(request_ids),
+                    ImageRecord.output_path.is_not(None)))).all() if path]
+        await asyncio.to_thread(remove_outputs, request_ids, paths)
+        async with engine.begin() as connection:
+            await connection.execute(delete(RequestRecord).where(
+                RequestRecord.id.in_(request_ids)))
+        purged += len(request_ids)
+
+
+async def keep_purging(settings: Settings, engine: AsyncEngine, stop: asyncio.Event) -> None:
+    """Every ``retention_interval_seconds`` until ``stop``; a failed round is tried again."""
+    assert settings.retention_days is not None
+    remove_outputs = output_remover(settings)
+    while not stop.is_set():
+        cutoff = datetime.now(UTC) - timedelta(days=settings.retention_days)
+        try:
+            purged = await purge_expired(engine, remove_outputs, cutoff=cutoff)
+        except Exception:
+            log.exception("retention: purge failed; trying again next round")
+        else:
+            if purged:
+                log.info("retention: deleted %d requests created before %s", purged,
+                         cutoff.isoformat())
+        await sleep_unless_stopped(stop, settings.retention_interval_seconds)
