@@ -63,11 +63,13 @@ check-protos: protos
 	git diff --exit-code -- src/pixpipe/v1 || (echo "generated stubs are stale: run make protos and commit" && exit 1)
 
 ## Benchmarks: end-to-end images/s against raw Pillow on the same images, watcher delays,
-## and one 100,000-image request on every interface (PIXPIPE_BENCH_DATABASE_URL: PostgreSQL).
+## one 100,000-image request on every interface (PIXPIPE_BENCH_DATABASE_URL: PostgreSQL),
+## and bytes, CPU and SSIMULACRA2 of each JPEG encoder and effort (bench.codec).
 bench: $(STAMP)
 	$(BIN)/python -m bench.pipeline $(BENCH_ARGS)
 	$(BIN)/python -m bench.watchers
 	$(BIN)/python -m bench.catalogue
+	$(BIN)/python -m bench.codec
 
 clean:
 	rm -rf $(VENV) pixpipe-data .tools .pytest_cache .mypy_cache .ruff_cache
