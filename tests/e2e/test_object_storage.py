@@ -43,8 +43,9 @@ def s3_stack(tmp_path_factory: pytest.TempPathFactory, database_url: str,
     data_dir = tmp_path_factory.mktemp("stack-s3")
     environment = stack_settings(
         data_dir, database_url=database_url, nats_url=nats_server.url,
-        # Retries span an S3 restart: about 15 s of backoff over eight deliveries.
-        PIXPIPE_JOB_RETRY_BACKOFF_SECONDS="0.5,1,2,4", PIXPIPE_JOB_MAX_DELIVER="8",
+        # Retries span an S3 restart even on a busy machine: 55 s of backoff over ten
+        # deliveries (a restart took 5 to 20 s here).
+        PIXPIPE_JOB_RETRY_BACKOFF_SECONDS="1,2,4,8", PIXPIPE_JOB_MAX_DELIVER="10",
         **own_s3.environment(prefix=PREFIX))
     environment["PIXPIPE_PUBLIC_BASE_URL"] = (
         f"http://127.0.0.1:{environment['PIXPIPE_GATEWAY_PORT']}")
