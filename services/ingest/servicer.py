@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TypeVar
 
 import grpc
 from pydantic import ValidationError
 
 from pixpipe.bus import Bus
-from pixpipe.csv_input import parse_products_csv
+from pixpipe.csv_input import CsvLimits, ParsedCsv, read_products_csv
 from pixpipe.db.repository import Repository
 from pixpipe.domain import RequestOptions
-from pixpipe.errors import CsvFault, CsvValidationError, InvalidOptionError
+from pixpipe.errors import CsvValidationError, InvalidOptionError
 from pixpipe.grpc_errors import abort_with_status, status_for_csv_error, status_for_option_error
 from pixpipe.metrics import IngestMetrics
 from pixpipe.net_policy import check_url_syntax
@@ -24,6 +29,9 @@ from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc
 log = logging.getLogger(__name__)
 
 UPLOAD_ACCEPTED = "File uploaded successfully"
+# Chunks received but not yet parsed, at most: a slow parse holds the upload back rather than
+# buffer it (the gateway sends 256 KB chunks: about 4 MB).
+_CHUNKS_AHEAD = 16
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
@@ -33,6 +41,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self._settings = settings
         self._repository = repository
         self._bus = bus
+        self._limits = CsvLimits(
+            max_bytes=settings.max_upload_bytes, max_images=settings.max_images_per_request,
+            max_url_length=settings.max_url_length, max_columns=settings.max_csv_columns,
+            max_urls_per_product=settings.max_urls_per_product)
 
     async def Upload(
         self,
@@ -40,21 +52,15 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         context: grpc.aio.ServicerContext[ingest_pb2.UploadRequest, ingest_pb2.UploadResponse],
     ) -> ingest_pb2.UploadResponse:
         try:
-            metadata, data = await self._receive(request_iterator)
+            metadata, parsed = await self._receive(request_iterator)
             options = _options(metadata)
             webhook_url = _webhook_url(metadata, self._settings.max_url_length)
-            settings = self._settings
-            parsed = await asyncio.to_thread(
-                parse_products_csv, data, max_bytes=settings.max_upload_bytes,
-                max_images=settings.max_images_per_request,
-                max_url_length=settings.max_url_length)
         except CsvValidationError as error:
             self._metrics.uploads.labels("refused").inc()
             await abort_with_status(context, status_for_csv_error(error))
         except InvalidOptionError as error:
             self._metrics.uploads.labels("refused").inc()
             await abort_with_status(context, status_for_option_error(error))
-        del data  # the parsed rows are all we keep; free the raw upload early
 
         request_id, jobs = await self._repository.create_request(
             parsed, options=options, webhook_url=webhook_url,
@@ -76,25 +82,120 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                                          message=UPLOAD_ACCEPTED)
 
     async def _receive(self, request_iterator: AsyncIterator[ingest_pb2.UploadRequest],
-                       ) -> tuple[ingest_pb2.UploadMetadata, bytes]:
-        """Collect the stream, refusing it as soon as it passes the size limit."""
-        limit = self._settings.max_upload_bytes
+                       ) -> tuple[ingest_pb2.UploadMetadata, ParsedCsv]:
+        """Parse the CSV in a thread as its chunks arrive; stop reading once it is refused."""
         metadata: ingest_pb2.UploadMetadata | None = None
-        buffer = bytearray()
-        async for message in request_iterator:
-            kind = message.WhichOneof("payload")
-            if kind == "metadata":
-                if metadata is not None or buffer:
-                    raise InvalidOptionError("metadata",
-                                             "must be sent once, before the first chunk")
-                metadata = message.metadata
-            elif kind == "chunk":
-                if len(buffer) + len(message.chunk) > limit:
-                    raise CsvValidationError([CsvFault(
-                        line=0, column=0, field="",
-                        reason=f"file exceeds the {limit // (1024 * 1024)} MB size limit")])
-                buffer.extend(message.chunk)
-        return metadata or ingest_pb2.UploadMetadata(), bytes(buffer)
+        loop = asyncio.get_running_loop()
+        chunks = _ChunkFeed(loop)
+        parsing = _in_own_thread(loop, lambda: chunks.parse(self._limits))
+        try:
+            async for message in request_iterator:
+                if parsing.done():
+                    break  # refused before the end: the rest is not worth reading
+                kind = message.WhichOneof("payload")
+                if kind == "metadata":
+                    if metadata is not None or chunks.started:
+                        raise InvalidOptionError("metadata",
+                                                 "must be sent once, before the first chunk")
+                    metadata = message.metadata
+                elif kind == "chunk" and message.chunk:
+                    await chunks.put(message.chunk)
+        except BaseException:
+            chunks.close()
+            with contextlib.suppress(Exception):
+                await parsing  # the stream's own fault is the one to report
+            raise
+        chunks.close()
+        return metadata or ingest_pb2.UploadMetadata(), await parsing
+
+
+T = TypeVar("T")
+
+
+def _in_own_thread(loop: asyncio.AbstractEventLoop, work: Callable[[], T]) -> asyncio.Future[T]:
+    """Run ``work`` in a new daemon thread. Not the default executor: a parse waits for the
+    client's chunks, and must never hold up the database writes that run there."""
+    future: asyncio.Future[T] = loop.create_future()
+
+    def run() -> None:
+        try:
+            outcome = functools.partial(_resolve, future, work())
+        except BaseException as error:
+            outcome = functools.partial(_fail, future, error)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(outcome)
+
+    threading.Thread(target=run, name="csv-parse", daemon=True).start()
+    return future
+
+
+def _resolve(future: asyncio.Future[T], result: T) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[T], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+class _ChunkFeed:
+    """Chunks handed from the event loop to the parsing thread.
+
+    At most _CHUNKS_AHEAD wait: when the parser falls behind, ``put`` waits (the event loop
+    keeps serving) and flow control slows the client down. When the parser stops, early or
+    not, the chunks still waiting are dropped, and so is anything put after that.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._chunks: deque[bytes] = deque()
+        self._ready = threading.Condition()
+        self._room = asyncio.Event()
+        self._closed = False
+        self._abandoned = False
+        self.started = False
+
+    async def put(self, chunk: bytes) -> None:
+        self.started = True
+        while len(self._chunks) >= _CHUNKS_AHEAD and not self._abandoned:
+            self._room.clear()
+            await self._room.wait()
+        if self._abandoned:
+            return
+        with self._ready:
+            self._chunks.append(chunk)
+            self._ready.notify()
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+
+    def parse(self, limits: CsvLimits) -> ParsedCsv:
+        """In the parsing thread: parse the chunks as they come."""
+        try:
+            return read_products_csv(self._take(), limits)
+        finally:
+            self._abandoned = True
+            with self._ready:
+                self._chunks.clear()
+            self._wake_producer()
+
+    def _take(self) -> Iterator[bytes]:
+        while True:
+            with self._ready:
+                while not self._chunks and not self._closed:
+                    self._ready.wait()
+                if not self._chunks:
+                    return
+                chunk = self._chunks.popleft()
+            self._wake_producer()
+            yield chunk
+
+    def _wake_producer(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self._loop.call_soon_threadsafe(self._room.set)
 
 
 def _options(metadata: ingest_pb2.UploadMetadata) -> RequestOptions:

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 50 * 1024 * 1024
     max_images_per_request: int = 100_000
     max_url_length: int = 2048
+    max_csv_columns: int = Field(default=64, ge=3, description="Columns a CSV may have; "
+                                 "a wider header or row is refused before it is parsed.")
+    max_urls_per_product: int = Field(default=100, ge=1, description="Image URLs one "
+                                      "product's cell may list.")
 
     # Fetching images.
     allow_private_networks: bool = False

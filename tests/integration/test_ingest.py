@@ -15,6 +15,7 @@ from pixpipe.db.models import RequestRecord
 from pixpipe.db.repository import Repository
 from pixpipe.domain import ImageState, RequestState
 from pixpipe.embedded_nats import free_port
+from pixpipe.grpc_errors import bad_request_details
 from pixpipe.grpc_server import GrpcServer
 from pixpipe.settings import Settings
 from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc
@@ -124,3 +125,37 @@ async def test_api_token_is_required_when_configured(
         await server.stop(0)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert answer.image_count == 3
+
+
+HEADER = "S. No.,Product Name,Input Image Urls"
+URL = "https://img.example/a.jpg"
+
+
+@pytest.mark.parametrize(
+    ("csv", "settings", "violation"),
+    [
+        pytest.param(HEADER + "," * 1_000_000 + f"\n1,A,{URL}\n", {}, "1:65:", id="columns"),
+        pytest.param(HEADER + ",Notes,Size\n1,A,x,y,z\n", {"max_csv_columns": 4}, "1:5:",
+                     id="column-setting"),
+        pytest.param(f"{HEADER}\n1,{'N' * 513},{URL}\n", {}, "2:2:Product Name", id="name"),
+        pytest.param(f"{HEADER},Notes\n1,A,{URL},{'x' * 70_000}\n", {}, "2:4:Notes",
+                     id="cell"),
+        pytest.param(f'{HEADER}\n1,A,"{",".join([URL] * 101)}"\n', {}, "2:3:Input Image Urls",
+                     id="urls-per-product"),
+        pytest.param(f'{HEADER}\n1,A,"{URL},{URL}"\n', {"max_urls_per_product": 1},
+                     "2:3:Input Image Urls", id="urls-setting"),
+        pytest.param(HEADER + "\n" + "".join(f"{n},P{n},{URL}\n" for n in range(1, 5000)),
+                     {"max_images_per_request": 3}, "5:3:Input Image Urls", id="images"),
+    ],
+)
+async def test_input_that_amplifies_is_refused_with_line_and_column(
+        make_settings: Callable[..., Settings], repository: Repository, bus: Bus,
+        csv: str, settings: dict[str, int], violation: str) -> None:
+    server = await serve_ingest(make_settings(**settings), repository, bus)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await upload(f"127.0.0.1:{server.port}", csv.encode(), chunk_size=1024)
+    finally:
+        await server.stop(0)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [item.field for item in bad_request_details(refused.value)] == [violation]

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import tracemalloc
+from collections.abc import Iterable, Iterator
+
 import pytest
 
-from pixpipe.csv_input import ParsedCsv, ProductRow, parse_products_csv
+from pixpipe.csv_input import (
+    CsvLimits,
+    ParsedCsv,
+    ProductRow,
+    parse_products_csv,
+    read_products_csv,
+)
 from pixpipe.errors import CsvFault, CsvValidationError
 from tests.support.paths import corpus_root
 
@@ -165,9 +174,9 @@ def test_extra_columns_are_kept_in_header_order() -> None:
     assert row.cells == ("X1", A, "Mug", "7", "1,50")
 
 
-def test_missing_trailing_optional_cells_are_padded() -> None:
-    parsed = parse(f"{HEADER.strip()},Notes,Price\n1,Mug,{A}\n")
-    assert parsed.rows[0].cells == ("1", "Mug", A, "", "")
+def test_missing_trailing_optional_cells_are_stored_as_written() -> None:
+    parsed = parse(f"{HEADER.strip()},Notes,Price\n1,Mug,{A}\n2,Cup,{B},fragile\n")
+    assert [row.cells for row in parsed.rows] == [("1", "Mug", A), ("2", "Cup", B, "fragile")]
 
 
 def test_spaces_around_values_are_stripped_but_cells_kept() -> None:
@@ -215,3 +224,119 @@ def test_shared_corpus_file() -> None:
         "http://127.0.0.1:8080/photos/chelsea.png",
         "http://127.0.0.1:8080/photos/astronaut.png",
     )
+
+
+# --- streaming ------------------------------------------------------------------------------
+
+def pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[start:start + size] for start in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 64])
+def test_chunk_boundaries_change_nothing(size: int) -> None:
+    data = ("\ufeff" + HEADER.strip() + ",Notes\r\n"
+            f'1,"Café\r\nau lait",{A},€ 3\r\n\r\n2,Cup,"{A},{B}",\r\n3,Mug,{B}').encode()
+    whole = parse_products_csv(data)
+    assert read_products_csv(pieces(data, size)) == whole
+    assert [(row.line, row.product_name) for row in whole.rows] == [
+        (2, "Café\r\nau lait"), (5, "Cup"), (6, "Mug")]
+
+
+def test_bad_byte_in_a_later_chunk_is_located() -> None:
+    data = f"{HEADER}1,Mug,{A}\r\n2,Cup,{B}\n".encode() + b"3,Caf\xe9,x\n"
+    faults = faults_of_chunks(pieces(data, 16))
+    assert [(f.line, f.column) for f in faults] == [(4, 6)]
+    assert "0xe9 is not valid UTF-8" in faults[0].reason
+
+
+def test_size_limit_counts_the_bytes_as_they_come() -> None:
+    faults = faults_of_chunks(pieces(f"{HEADER}1,Mug,{A}\n".encode(), 8), max_bytes=20)
+    assert [(f.line, f.column) for f in faults] == [(1, 0)]
+    assert "exceeds the size limit of 20 bytes" in faults[0].reason
+
+
+def faults_of_chunks(chunks: Iterable[bytes], **limits: int) -> list[CsvFault]:
+    with pytest.raises(CsvValidationError) as caught:
+        read_products_csv(chunks, CsvLimits(**limits))
+    return caught.value.faults
+
+
+# --- input that amplifies -------------------------------------------------------------------
+
+def test_header_of_a_million_commas_is_refused_before_it_is_parsed() -> None:
+    tracemalloc.start()
+    try:
+        faults = faults_of(HEADER.strip() + "," * 1_000_000 + f"\n1,A,{A}\n")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [(f.line, f.column) for f in faults] == [(1, 65)]
+    assert "more than 64 cells" in faults[0].reason
+    assert peak < 16 * 1024 * 1024  # the 1 MB line itself, not a list of a million cells
+
+
+@pytest.mark.parametrize(
+    ("data", "limits", "faults"),
+    [
+        pytest.param(HEADER.strip() + ',"x"' * 62 + f"\n1,A,{A}\n", {}, [(1, 65)],
+                     id="65-quoted-columns"),
+        pytest.param(HEADER.strip() + "".join(f',"c{n},d"' for n in range(61)) + f"\n1,A,{A}\n",
+                     {}, [],
+                     id="64-columns-with-quoted-commas"),
+        pytest.param(HEADER.strip() + ",x,y,z\n1,A,x\n", {"max_columns": 5}, [(1, 6)],
+                     id="column-setting"),
+        pytest.param(f"{HEADER}1,A,{A}\n2,B,{A}" + ",x" * 70 + f"\n3,C,{A}\n", {}, [(3, 65)],
+                     id="wide-row-stops-reading"),
+        pytest.param(f"{HEADER}1,A,{A}\n2,{'N' * 513},{A}\n3,{'N' * 512},{A}\n", {}, [(3, 2)],
+                     id="long-name"),
+        pytest.param(f'{HEADER.strip()},Notes\n1,A,{A},{"x" * 70_000}\n2,B,{A},{"é" * 32_768}\n'
+                     f'3,C,{A},{"é" * 32_769}\n', {}, [(2, 4), (4, 4)], id="long-cell"),
+        pytest.param(f'{HEADER}1,A,"' + ",".join([A] * 101) + f'"\n2,B,"{A},{B}"\n', {},
+                     [(2, 3)], id="101-urls-in-a-cell"),
+        pytest.param(f'{HEADER}1,A,"{A},{B},{A}"\n', {"max_urls_per_product": 2}, [(2, 3)],
+                     id="urls-per-product-setting"),
+    ],
+)
+def test_amplifying_input_is_refused_with_line_and_column(
+    data: str, limits: dict[str, int], faults: list[tuple[int, int]]
+) -> None:
+    if not faults:
+        parse(data)
+        return
+    assert [(f.line, f.column) for f in faults_of(data, **limits)] == faults
+
+
+def test_a_cell_past_the_csv_field_limit_stops_the_reading_at_its_column() -> None:
+    faults = faults_of(f'{HEADER.strip()},Notes\n1,,{A},\n2,B,{A},"{"x" * 200_000}"\n3,C,{A},\n')
+    assert [(f.line, f.column) for f in faults] == [(2, 2), (3, 4)]
+    assert "longer than 65536 bytes" in faults[1].reason
+
+
+def test_an_unclosed_quote_does_not_swallow_the_file() -> None:
+    faults = faults_of(f'{HEADER}1,A,"{A}\n' + f"2,B,{A}\n" * 100_000)
+    assert [(f.line, f.column) for f in faults] == [(2, 3)]
+    assert "longer than 65536 bytes" in faults[0].reason
+
+
+def test_the_image_limit_stops_the_reading() -> None:
+    rows = "".join(f'{n},P{n},"{A},{B}"\n' for n in range(1, 1001)).encode()
+    chunks = pieces(HEADER.encode() + rows, 100)
+    taken = []
+
+    def feed() -> Iterator[bytes]:
+        for chunk in chunks:
+            taken.append(chunk)
+            yield chunk
+
+    faults = faults_of_chunks(feed(), max_images=10)
+    assert [(f.line, f.column, f.field) for f in faults] == [(7, 3, "Input Image Urls")]
+    assert "more than 10 image URLs" in faults[0].reason
+    assert len(taken) < 5 < len(chunks)
+
+
+def test_a_long_name_and_a_thousand_urls_are_refused_without_storing_them() -> None:
+    data = f'{HEADER}1,{"N" * 20_000},"' + ",".join(f"{A}?{n}" for n in range(1000)) + '"\n'
+    faults = faults_of(data)
+    assert [(f.line, f.column, f.field) for f in faults] == [
+        (2, 2, "Product Name"), (2, 3, "Input Image Urls")]
+    assert "1000 image URLs in one cell, over the limit of 100" in faults[1].reason
