@@ -58,11 +58,13 @@ EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: STATUS_RESPONSES[404],
 }
 CSV_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "the uploaded columns plus Output Image Urls",
+    200: {"description": "the uploaded columns plus Output Image Urls and the receipts",
           "content": {"text/csv": {"example": (
-              "S. No.,Product Name,Input Image Urls,Output Image Urls\r\n"
+              "S. No.,Product Name,Input Image Urls,Output Image Urls,Output Quality,"
+              "Output Encoder,Output Scores\r\n"
               '1,SKU1,"https://img.example/a.jpg,https://img.example/missing.jpg",'
-              f'"https://pixpipe.example/processed_images/{REQUEST_ID}/3f6e.jpg,"\r\n')}}},
+              f'"https://pixpipe.example/processed_images/{REQUEST_ID}/3f6e.jpg,",'
+              '"50,","libjpeg-turbo,",","\r\n')}}},
     404: STATUS_RESPONSES[404],
     409: {"description": "the request is still running",
           **error(409, "FAILED_PRECONDITION", f"request {REQUEST_ID} is still processing")},

@@ -27,16 +27,21 @@ async def test_output_csv_round_trip(stack: RunningStack, corpus_server: CorpusH
         assert response.headers["content-type"].startswith("text/csv")
         output = list(csv.reader(io.StringIO(response.text)))
         uploaded = list(csv.reader(io.StringIO(source.decode())))
-        assert output[0] == [*uploaded[0], "Output Image Urls"]
-        assert [row[:-1] for row in output[1:]] == uploaded[1:]
+        assert output[0] == [*uploaded[0], "Output Image Urls", "Output Quality",
+                             "Output Encoder", "Output Scores"]
+        assert [row[:-4] for row in output[1:]] == uploaded[1:]
         downloaded = 0
         for in_row, out_row in zip(uploaded[1:], output[1:], strict=True):
             inputs = [url.strip() for url in in_row[2].split(",")]
-            outputs = out_row[-1].split(",")
+            outputs, qualities, encoders, scores = (cell.split(",") for cell in out_row[-4:])
             assert len(outputs) == len(inputs), "positions must line up with the inputs"
-            for input_url, output_url in zip(inputs, outputs, strict=True):
+            assert len(qualities) == len(encoders) == len(scores) == len(inputs)
+            for input_url, output_url, quality, encoder, score in zip(
+                    inputs, outputs, qualities, encoders, scores, strict=True):
                 failed = input_url.endswith(("broken.png", "missing.jpg"))
                 assert (output_url == "") == failed
+                assert score == ""  # a fixed quality without measure_quality
+                assert failed or (quality == "50") == (encoder != "")  # or the source kept
                 if failed:
                     continue
                 assert output_url.startswith(stack.settings.public_base_url + "/processed_images/")

@@ -144,7 +144,8 @@ async def test_upload_follow_live_and_download(
     download = await download_info.value
     assert download.suggested_filename.endswith(".csv")
     rows = list(csv.reader(io.StringIO((await download.path()).read_text(encoding="utf-8"))))
-    assert rows[0][-1] == "Output Image Urls"
+    assert rows[0][-4:] == ["Output Image Urls", "Output Quality", "Output Encoder",
+                            "Output Scores"]
     assert len(rows) == 1 + 7
 
     recent = page.locator(f'#recent-list a[data-request-id="{request_id}"]')
@@ -292,7 +293,7 @@ async def test_with_an_api_token_the_page_polls_and_sends_it(
         await page.get_by_role("button", name="Download output CSV").click()
     download = await download_info.value
     header = (await download.path()).read_text(encoding="utf-8").splitlines()[0]
-    assert header.endswith("Output Image Urls")
+    assert header.endswith("Output Image Urls,Output Quality,Output Encoder,Output Scores")
     assert any(urlsplit(url).path == f"/status/{request_id}" for url in asked)
     assert not any(url.endswith("/events") for url in asked), "EventSource cannot carry a token"
 

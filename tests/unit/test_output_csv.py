@@ -6,14 +6,14 @@ import csv
 import io
 from collections.abc import AsyncIterator, Sequence
 
-from pixpipe.output_csv import output_csv_chunks
+from pixpipe.output_csv import OutputImage, output_csv_chunks
 
 Row = tuple[Sequence[str], Sequence[str | None]]
 
 
-async def _rows(rows: list[Row]) -> AsyncIterator[Row]:
-    for row in rows:
-        yield row
+async def _rows(rows: list[Row]) -> AsyncIterator[tuple[Sequence[str], list[OutputImage]]]:
+    for cells, paths in rows:
+        yield cells, [OutputImage(path) for path in paths]
 
 
 async def _collect(header: list[str], rows: list[Row], base_url: str) -> list[bytes]:
@@ -27,18 +27,18 @@ async def test_failed_images_leave_empty_slots_and_columns_pass_through() -> Non
     chunks = await _collect(["S. No.", "Product Name", "Input Image Urls", "Colour"], rows,
                             "https://cdn.example/")
     parsed = list(csv.reader(io.StringIO(b"".join(chunks).decode())))
-    assert parsed[0][-1] == "Output Image Urls"
-    assert parsed[1] == ["1", "Lamp, large", "a,b,c", "red",
+    assert parsed[0][-4] == "Output Image Urls"
+    assert parsed[1][:-3] == ["1", "Lamp, large", "a,b,c", "red",
                          "https://cdn.example/processed_images/r/1.jpg,,"
                          "https://cdn.example/processed_images/r/3.jpg"]
-    assert parsed[2][-1] == ""
+    assert parsed[2][-4:] == ["", "", "", ""]
 
 
 async def test_a_row_stored_short_of_the_header_is_padded_to_it() -> None:
     chunks = await _collect(["S. No.", "Product Name", "Input Image Urls", "Colour"],
                             [(["1", "Desk", "u"], ["r/1.jpg"])], "http://h")
     parsed = list(csv.reader(io.StringIO(b"".join(chunks).decode())))
-    assert parsed[1] == ["1", "Desk", "u", "", "http://h/processed_images/r/1.jpg"]
+    assert parsed[1][:-3] == ["1", "Desk", "u", "", "http://h/processed_images/r/1.jpg"]
 
 
 async def test_large_outputs_come_in_bounded_chunks() -> None:
@@ -59,3 +59,20 @@ async def test_cells_a_spreadsheet_would_run_as_formulas_are_neutralised() -> No
     assert parsed[0][3] == "'=Notes"
     assert [row[1] for row in parsed[1:]] == [f"'{name}" for name in attacks]
     assert all(row[3] == "plain" and row[4].startswith("http://h/") for row in parsed[1:])
+
+
+async def test_receipts_follow_the_urls_slot_for_slot() -> None:
+    async def rows() -> AsyncIterator[tuple[Sequence[str], list[OutputImage]]]:
+        yield (["1", "Lamp", "a,b,c,d"],
+               [OutputImage("r/1.jpg", 42, "libjpeg-turbo", 70.349),
+                OutputImage(None, 50, "libjpeg-turbo", 66.0),  # failed: nothing reported
+                OutputImage("r/3.jpg"),  # the source kept as it was
+                OutputImage("r/4.webp", 60, "libwebp", None)])
+
+    chunks = [chunk async for chunk in output_csv_chunks(
+        ["S. No.", "Product Name", "Input Image Urls"], rows(), "http://h")]
+    parsed = list(csv.reader(io.StringIO(b"".join(chunks).decode())))
+    assert parsed[0][3:] == ["Output Image Urls", "Output Quality", "Output Encoder",
+                             "Output Scores"]
+    assert parsed[1][3].split(",")[1:3] == ["", "http://h/processed_images/r/3.jpg"]
+    assert parsed[1][4:] == ["42,,,60", "libjpeg-turbo,,,libwebp", "70.3,,,"]
