@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from pixpipe.bus import Bus
 from pixpipe.csv_input import CsvLimits, ParsedCsv, read_products_csv
 from pixpipe.db.repository import Repository
+from pixpipe.db.request_writes import RequestNotQueued
 from pixpipe.domain import RequestOptions
 from pixpipe.errors import CsvValidationError, InvalidOptionError
 from pixpipe.grpc_errors import abort_with_status, status_for_csv_error, status_for_option_error
@@ -29,6 +30,8 @@ from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc
 log = logging.getLogger(__name__)
 
 UPLOAD_ACCEPTED = "File uploaded successfully"
+_QUEUE_DOWN = "could not be queued: message broker unavailable"
+_DATABASE_DOWN = "could not be recorded: database unavailable"
 # Chunks received but not yet parsed, at most: a slow parse holds the upload back rather than
 # buffer it (the gateway sends 256 KB chunks: about 4 MB).
 _CHUNKS_AHEAD = 16
@@ -62,18 +65,21 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             self._metrics.uploads.labels("refused").inc()
             await abort_with_status(context, status_for_option_error(error))
 
-        request_id, jobs = await self._repository.create_request(
-            parsed, options=options, webhook_url=webhook_url,
-            file_name=metadata.file_name[:255])
         try:
-            await self._bus.publish_jobs(jobs)
-        except Exception:
-            log.exception("queueing request %s failed; failing its images", request_id)
+            # Each part of the images is queued once committed, while the next is written.
+            request_id, jobs = await self._repository.create_request(
+                parsed, options=options, webhook_url=webhook_url,
+                file_name=metadata.file_name[:255], committed=self._bus.publish_jobs)
+        except RequestNotQueued as error:
+            log.error("request %s was not wholly %s; failing its images", error.request_id,
+                      "queued" if error.queueing_failed else "recorded", exc_info=error.__cause__)
             self._metrics.uploads.labels("unqueued").inc()
-            await self._repository.fail_unqueued_request(
-                request_id, "could not be queued: message broker unavailable")
+            reason, message = ((_QUEUE_DOWN, "the job queue is unavailable")
+                               if error.queueing_failed else
+                               (_DATABASE_DOWN, "the database is unavailable"))
+            await self._repository.fail_unqueued_request(error.request_id, reason)
             await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                "the job queue is unavailable; nothing was queued, try again")
+                                f"{message}; the request was not queued, try again")
         self._metrics.uploads.labels("accepted").inc()
         self._metrics.images_queued.inc(len(jobs))
         log.info("accepted request %s: %d products, %d images", request_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import nats
@@ -22,6 +22,8 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from pixpipe.domain import ImageJob
+from pixpipe.job_batch import JobBatch
+from pixpipe.pipelined_publish import publish_acknowledged
 from pixpipe.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,8 @@ WORKERS_DURABLE = "pixpipe-workers"
 MAX_DELIVERIES_ADVISORY = (
     f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.{WORKERS_DURABLE}"
 )
-_PUBLISH_BATCH = 256
+# Jobs published but not yet acknowledged, at most (4096 of ~300 bytes: about 1 MB).
+_PUBLISH_WINDOW = 4096
 
 
 def jobs_subject(request_id: str) -> str:
@@ -134,18 +137,21 @@ class Bus:
         )
 
     async def publish_jobs(self, jobs: Sequence[ImageJob]) -> None:
-        """Publish every job and wait for JetStream to acknowledge each one.
+        """Publish every job and return once JetStream has stored each one; raise if any was
+        refused or went unacknowledged for the request timeout.
 
-        Batches run concurrently to keep a 10,000-image upload fast; Nats-Msg-Id makes a
-        re-published job a no-op inside the duplicate window.
+        Up to _PUBLISH_WINDOW jobs are in flight at once; Nats-Msg-Id makes a re-published
+        job a no-op inside the duplicate window.
         """
-        for start in range(0, len(jobs), _PUBLISH_BATCH):
-            batch = jobs[start:start + _PUBLISH_BATCH]
-            await asyncio.gather(*(
-                self.js.publish(jobs_subject(job.request_id), job.model_dump_json().encode(),
-                                headers={"Nats-Msg-Id": job.message_id})
-                for job in batch
-            ))
+        if isinstance(jobs, JobBatch):
+            subject = jobs_subject(jobs.request_id)
+            messages: Iterable[tuple[str, str, bytes]] = (
+                (subject, message_id, payload) for message_id, payload in jobs.messages())
+        else:
+            messages = ((jobs_subject(job.request_id), job.message_id,
+                         job.model_dump_json().encode()) for job in jobs)
+        await publish_acknowledged(self.client, messages, window=_PUBLISH_WINDOW,
+                                   timeout=self.settings.nats_request_timeout_seconds)
 
     async def publish_event(self, request_id: str, payload: bytes, *, message_id: str,
                             confirm: bool = True) -> None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,12 +25,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixpipe.csv_input import ParsedCsv
 from pixpipe.db.models import ImageRecord, ProductRecord, RequestRecord, WebhookDelivery
+from pixpipe.db.request_writes import RequestWriter
 from pixpipe.db.transactions import TransactionRunner
 from pixpipe.domain import (
     TERMINAL_REQUEST_STATES,
     ImageChange,
     ImageCursor,
-    ImageJob,
     ImageOutcome,
     ImagePage,
     ImageState,
@@ -43,7 +42,7 @@ from pixpipe.domain import (
     RequestView,
     WebhookView,
 )
-from pixpipe.output_csv import OutputImage
+from pixpipe.job_batch import JobBatch
 from pixpipe.paging import FIRST_PAGE, ImagePageQuery
 
 _OPEN_IMAGE_STATES = (ImageState.PENDING.value, ImageState.PROCESSING.value)
@@ -178,60 +177,22 @@ class Repository:
         options: RequestOptions,
         webhook_url: str | None,
         file_name: str,
-    ) -> tuple[str, list[ImageJob]]:
-        """Record a validated upload with its products and images; return the jobs to queue."""
-        request_id = str(uuid.uuid4())
-        now = utcnow()
-        jobs: list[ImageJob] = []
-        async with self._sessions.begin() as session:
-            session.add(RequestRecord(
-                id=request_id, status=RequestState.PENDING.value, file_name=file_name,
-                webhook_url=webhook_url, options=options.model_dump(exclude_none=True),
-                header=list(parsed.header), total=parsed.image_count, completed=0, failed=0,
-                version=1, created_at=now, updated_at=now,
-            ))
-            await session.flush()
-            product_ids = await session.scalars(
-                insert(ProductRecord).returning(ProductRecord.id, sort_by_parameter_order=True),
-                [{"request_id": request_id, "serial_number": row.serial_number,
-                  "product_name": row.product_name, "line": row.line, "cells": list(row.cells)}
-                 for row in parsed.rows],
-            )
-            image_rows: list[dict[str, Any]] = []
-            for row, product_id in zip(parsed.rows, product_ids.all(), strict=True):
-                for position, url in enumerate(row.image_urls):
-                    image_id = uuid.uuid4().hex
-                    image_rows.append({
-                        "id": image_id, "request_id": request_id, "product_id": product_id,
-                        "serial_number": row.serial_number, "position": position,
-                        "input_url": url, "status": ImageState.PENDING.value, "attempts": 0,
-                        "updated_at": now,
-                    })
-                    jobs.append(ImageJob(request_id=request_id, image_id=image_id, url=url,
-                                         options=options))
-            if image_rows:
-                await session.execute(insert(ImageRecord), image_rows)
-        return request_id, jobs
+        committed: Callable[[JobBatch], Coroutine[Any, Any, None]] | None = None,
+    ) -> tuple[str, JobBatch]:
+        """Record a validated upload with its products and images; return the jobs to queue.
+
+        With ``committed``, the images are written in parts, each handed to it (to queue) as
+        soon as it is committed: see RequestWriter.record.
+        """
+        jobs = await RequestWriter(self._sessions.kw["bind"], self._writes).record(
+            parsed, options=options, webhook_url=webhook_url, file_name=file_name,
+            committed=committed)
+        return jobs.request_id, jobs
 
     async def fail_unqueued_request(self, request_id: str, reason: str) -> None:
         """Fail every open image of a request whose jobs could not all be queued."""
-        now = utcnow()
-        async with self._sessions.begin() as session:
-            result = await session.execute(
-                update(ImageRecord)
-                .where(ImageRecord.request_id == request_id,
-                       ImageRecord.status.in_(_OPEN_IMAGE_STATES))
-                .values(status=ImageState.FAILED.value, error=reason, updated_at=now)
-            )
-            newly_failed = int(getattr(result, "rowcount", 0) or 0)
-            await session.execute(
-                update(RequestRecord)
-                .where(RequestRecord.id == request_id)
-                .values(failed=RequestRecord.failed + newly_failed, error=reason,
-                        version=RequestRecord.version + 1, updated_at=now, completed_at=now,
-                        status=case((RequestRecord.completed > 0, RequestState.COMPLETED.value),
-                                    else_=RequestState.FAILED.value))
-            )
+        await RequestWriter(self._sessions.kw["bind"], self._writes).fail_unqueued(
+            request_id, reason)
 
     async def start_image(self, image_id: str, *, worker: str = "") -> ImageChange | None:
         """Mark an image processing; None when it is unknown or already terminal."""
@@ -358,9 +319,9 @@ class Repository:
         return [_request_view(record, ImagePage(images=[])) for record in records]
 
     async def output_rows(self, request_id: str, *, products_per_read: int = 1000,
-                          ) -> AsyncIterator[tuple[list[str], list[OutputImage]]]:
-        """Each product's uploaded cells with its images' outputs and receipts in input order,
-        read a bounded number of products at a time (memory stays flat at any request size)."""
+                          ) -> AsyncIterator[tuple[list[str], list[str | None]]]:
+        """Each product's uploaded cells with its images' output paths in input order, read
+        a bounded number of products at a time (memory stays flat at any request size)."""
         after = 0
         while True:
             async with self._sessions() as session:
@@ -373,15 +334,14 @@ class Repository:
                     return
                 first, after = products[0].id, products[-1].id
                 images = (await session.execute(
-                    select(_images.c.product_id, _images.c.output_path,
-                           _images.c.quality_used, _images.c.encoder, _images.c.score)
+                    select(_images.c.product_id, _images.c.output_path)
                     .where(_images.c.request_id == request_id,
                            _images.c.product_id >= first, _images.c.product_id <= after)
                     .order_by(_images.c.product_id, _images.c.position)
                 )).all()
-            outputs: dict[int, list[OutputImage]] = {}
-            for product_id, *output in images:
-                outputs.setdefault(product_id, []).append(OutputImage(*output))
+            outputs: dict[int, list[str | None]] = {}
+            for product_id, output_path in images:
+                outputs.setdefault(product_id, []).append(output_path)
             for product_id, cells in products:
                 yield list(cells), outputs.get(product_id, [])
             if len(products) < products_per_read:
