@@ -43,6 +43,7 @@ from pixpipe.domain import (
     WebhookView,
 )
 from pixpipe.job_batch import JobBatch
+from pixpipe.output_csv import OutputImage
 from pixpipe.paging import FIRST_PAGE, ImagePageQuery
 
 _OPEN_IMAGE_STATES = (ImageState.PENDING.value, ImageState.PROCESSING.value)
@@ -319,9 +320,9 @@ class Repository:
         return [_request_view(record, ImagePage(images=[])) for record in records]
 
     async def output_rows(self, request_id: str, *, products_per_read: int = 1000,
-                          ) -> AsyncIterator[tuple[list[str], list[str | None]]]:
-        """Each product's uploaded cells with its images' output paths in input order, read
-        a bounded number of products at a time (memory stays flat at any request size)."""
+                          ) -> AsyncIterator[tuple[list[str], list[OutputImage]]]:
+        """Each product's uploaded cells with its images' outputs and receipts in input order,
+        read a bounded number of products at a time (memory stays flat at any request size)."""
         after = 0
         while True:
             async with self._sessions() as session:
@@ -334,14 +335,15 @@ class Repository:
                     return
                 first, after = products[0].id, products[-1].id
                 images = (await session.execute(
-                    select(_images.c.product_id, _images.c.output_path)
+                    select(_images.c.product_id, _images.c.output_path,
+                           _images.c.quality_used, _images.c.encoder, _images.c.score)
                     .where(_images.c.request_id == request_id,
                            _images.c.product_id >= first, _images.c.product_id <= after)
                     .order_by(_images.c.product_id, _images.c.position)
                 )).all()
-            outputs: dict[int, list[str | None]] = {}
-            for product_id, output_path in images:
-                outputs.setdefault(product_id, []).append(output_path)
+            outputs: dict[int, list[OutputImage]] = {}
+            for product_id, *output in images:
+                outputs.setdefault(product_id, []).append(OutputImage(*output))
             for product_id, cells in products:
                 yield list(cells), outputs.get(product_id, [])
             if len(products) < products_per_read:
