@@ -118,6 +118,9 @@ async def expect_finished_view(page: Page) -> None:
     await expect(first.locator("td.saving")).to_have_text(
         re.compile(r"(smaller|larger|kept original)$"))
     await expect(first).to_contain_text("→")
+    # Each encoded output says what made it (a source kept as it was has no receipt).
+    await expect(page.locator("tr.image-row .receipt").first).to_have_text(
+        re.compile(r"^q\d+ · (libjpeg-turbo|mozjpeg|libwebp|libavif)"))
 
 
 async def test_upload_follow_live_and_download(
@@ -192,7 +195,16 @@ async def test_a_refused_csv_shows_each_fault_by_line_and_column(
     await expect(errors).to_contain_text("Quality must be a whole number from 1 to 95.")
     await expect(page.get_by_label("Quality")).to_have_attribute("aria-invalid", "true")
 
+    # quality=auto opens the target score, checked as the gateway would.
+    await expect(page.get_by_label("Target score")).to_be_disabled()
+    await page.get_by_label("Quality").fill("auto")
+    await page.get_by_label("Target score").fill("120")
+    await page.get_by_role("button", name="Upload and compress").click()
+    await expect(errors).to_contain_text("Target score must be a number from 0 to 100.")
+    await expect(errors).not_to_contain_text("Quality must be")
+
     await page.get_by_label("Quality").fill("")
+    await expect(page.get_by_label("Target score")).to_be_disabled()
     await page.set_input_files("#file", bad)
     await page.get_by_role("button", name="Upload and compress").click()
     await expect(errors).to_contain_text("The CSV was refused")

@@ -245,6 +245,16 @@
 
   fileInput.addEventListener("change", showChosenFile);
 
+  /** The target score means something only with quality auto. */
+  function syncTargetScore() {
+    const auto = $("quality").value.trim().toLowerCase() === "auto";
+    $("target_score").disabled = !auto;
+    if (!auto) $("target_score").removeAttribute("aria-invalid");
+  }
+
+  $("quality").addEventListener("input", syncTargetScore);
+  syncTargetScore();
+
   for (const type of ["dragenter", "dragover"]) {
     dropzone.addEventListener(type, (event) => {
       event.preventDefault();
@@ -317,8 +327,20 @@
     if (webhook.value.trim() && !/^https?:\/\/\S+$/i.test(webhook.value.trim())) {
       invalid(webhook, "The webhook URL must start with http:// or https://.");
     }
-    const ranges = [["quality", "Quality", 1, 95], ["max_width", "Max width", 1, 65535],
-      ["max_height", "Max height", 1, 65535]];
+    const quality = $("quality");
+    const qualityText = quality.value.trim().toLowerCase();
+    if (qualityText && qualityText !== "auto" &&
+        !(/^\d+$/.test(qualityText) && Number(qualityText) >= 1 && Number(qualityText) <= 95)) {
+      invalid(quality, "Quality must be a whole number from 1 to 95. Or auto: the " +
+        "lowest quality that reaches the target score.");
+    }
+    const target = $("target_score");
+    const targetText = target.value.trim();
+    if (!target.disabled && (target.validity.badInput || (targetText &&
+        !(Number.isFinite(Number(targetText)) && Number(targetText) >= 0 && Number(targetText) <= 100)))) {
+      invalid(target, "Target score must be a number from 0 to 100.");
+    }
+    const ranges = [["max_width", "Max width", 1, 65535], ["max_height", "Max height", 1, 65535]];
     for (const [id, label, low, high] of ranges) {
       const field = $(id);
       const text = field.value.trim();
@@ -340,9 +362,11 @@
     }
     const data = new FormData();
     data.append("file", fileInput.files[0], fileInput.files[0].name);
-    for (const id of ["webhook_url", "quality", "max_width", "max_height", "format", "effort"]) {
-      const value = $(id).value.trim();
-      if (value) data.append(id, value);
+    for (const id of ["webhook_url", "quality", "target_score", "max_width", "max_height",
+      "format", "effort"]) {
+      const field = $(id);
+      const value = id === "quality" ? field.value.trim().toLowerCase() : field.value.trim();
+      if (value && !field.disabled) data.append(id, value);
     }
     submitButton.disabled = true;
     submitButton.textContent = "Uploading…";
@@ -898,7 +922,7 @@
       view.status.dataset.status = request.status;
       view.download.disabled = !terminal;
       view.downloadHelp.textContent = terminal
-        ? "The input columns plus “Output Image Urls”."
+        ? "The input columns plus “Output Image Urls” and each image's quality, encoder and score."
         : "Available when every image is done.";
 
       view.progressDone.style.width = total ? `${(completed / total) * 100}%` : "0";
@@ -960,7 +984,9 @@
 
   function describeOptions(options) {
     const format = options.format ? options.format.toUpperCase() : "default format";
-    const quality = options.quality ? `quality ${options.quality}` : "default quality";
+    const quality = options.quality === "auto"
+      ? `quality auto (target score ${options.target_score ?? 70})`
+      : options.quality ? `quality ${options.quality}` : "default quality";
     const box = options.max_width || options.max_height
       ? `fit in ${options.max_width || "any"} × ${options.max_height || "any"} px`
       : "original size";
@@ -983,7 +1009,18 @@
 
   function sameImage(a, b) {
     return a.status === b.status && a.output_url === b.output_url && a.error === b.error &&
-      a.bytes_in === b.bytes_in && a.bytes_out === b.bytes_out;
+      a.bytes_in === b.bytes_in && a.bytes_out === b.bytes_out &&
+      a.quality_used === b.quality_used && a.encoder === b.encoder && a.score === b.score;
+  }
+
+  /** What made a completed output: "q42 · mozjpeg · score 70.3"; null for a kept source. */
+  function describeReceipt(image) {
+    if (image.status !== "completed" || !image.encoder) return null;
+    const parts = [];
+    if (image.quality_used != null) parts.push(`q${image.quality_used}`);
+    parts.push(image.encoder);
+    if (image.score != null) parts.push(`score ${Number(image.score).toFixed(1)}`);
+    return parts.join(" · ");
   }
 
   /** Images are listed by serial number, then by their place in the product's cell. */
@@ -1062,6 +1099,10 @@
         h("span", { class: "arrow", "aria-hidden": "true" }, " → "),
         h("span", { class: "visually-hidden" }, " to "), formatBytes(image.bytes_out))
       : "—");
+    const receipt = describeReceipt(image);
+    if (receipt) {
+      size.append(h("div", { class: "receipt", title: "Quality used · encoder · score" }, receipt));
+    }
     const { text, tone } = describeSaving(image.status === "completed"
       ? savingRatio(image.bytes_in, image.bytes_out) : null);
     saving.textContent = text;
