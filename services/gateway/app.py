@@ -76,7 +76,8 @@ QUALITY_PATTERN = r"^(auto|[1-9]|[1-8][0-9]|9[0-5])$"
 
 def _processing_options(quality: str | None, max_width: int | None, max_height: int | None,
                         image_format: OutputFormat | None, effort: Effort | None = None,
-                        target_score: float | None = None) -> options_pb2.ProcessingOptions:
+                        target_score: float | None = None,
+                        measure_quality: bool | None = None) -> options_pb2.ProcessingOptions:
     options = options_pb2.ProcessingOptions()
     if quality == "auto":
         options.quality_auto = True
@@ -84,6 +85,8 @@ def _processing_options(quality: str | None, max_width: int | None, max_height: 
         options.quality = int(quality)
     if target_score is not None:
         options.target_score = target_score
+    if measure_quality:
+        options.measure_quality = True
     if max_width is not None:
         options.max_width = max_width
     if max_height is not None:
@@ -149,11 +152,13 @@ def create_app(settings: Settings) -> FastAPI:
         format: Annotated[OutputFormat | None, Form()] = None,
         effort: Annotated[Effort | None, Form()] = None,
         target_score: Annotated[float | None, Form(ge=0, le=100)] = None,
+        measure_quality: Annotated[bool | None, Form(
+            description="with a fixed quality, report each output's score too")] = None,
     ) -> Any:
         metadata = ingest_pb2.UploadMetadata(
             file_name=file.filename or "", webhook_url=webhook_url or "",
             options=_processing_options(quality, max_width, max_height, format, effort,
-                                        target_score))
+                                        target_score, measure_quality))
         try:
             answer: ingest_pb2.UploadResponse = await grpc_clients().ingest.Upload(
                 _upload_messages(file, metadata), metadata=grpc_clients().metadata,

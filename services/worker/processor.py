@@ -41,6 +41,7 @@ def transform_options(job: ImageJob, settings: Settings) -> TransformOptions:
         effort=options.effort or settings.default_effort,
         target_score=((options.target_score or settings.default_target_score)
                       if options.quality == "auto" else None),
+        measure_quality=bool(options.measure_quality),
     )
 
 

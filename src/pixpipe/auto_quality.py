@@ -63,6 +63,15 @@ def search_quality(picture: Image.Image, target: float,
     return AutoQuality(passing, round(scores[passing], 2))
 
 
+def tile_score(picture: Image.Image, quality: int,
+                encode: Callable[[Image.Image, int], bytes]) -> float:
+    """The score of ``encode`` at ``quality``, on the tiles and the scale search_quality uses."""
+    tiles = sample_tiles(picture)
+    decoded = Image.open(BytesIO(encode(tiles, quality)))
+    decoded.load()
+    return ScoreReference(tiles).score(decoded) - TILE_SCORE_BIAS
+
+
 def _next_guess(scores: dict[int, float], failing: int, passing: int, target: float) -> int:
     if failing in scores and passing in scores:
         low, high = scores[failing], scores[passing]

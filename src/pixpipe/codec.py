@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from pixpipe.auto_quality import search_quality
+from pixpipe.auto_quality import search_quality, tile_score
 from pixpipe.errors import DecodeError
 from pixpipe.jpeg_encoders import Effort, encode_jpeg, encoder_name
 
@@ -45,6 +45,8 @@ class TransformOptions:
     effort: Effort = "balanced"
     # Set: quality=auto, the lowest quality whose SSIMULACRA2 score reaches this target.
     target_score: float | None = None
+    # With a fixed quality, also score the output (the tile score quality=auto uses).
+    measure_quality: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,9 @@ def transform_image(source: bytes, options: TransformOptions) -> TransformResult
             found = search_quality(picture, options.target_score, lambda tiles, q: _encode(
                 tiles, options.format, q, None, options.effort))
             quality, score = found.quality, found.score
+        elif options.measure_quality:
+            score = round(tile_score(picture, quality, lambda tiles, q: _encode(
+                tiles, options.format, q, None, options.effort)), 2)
         data = _encode(picture, options.format, quality, icc, options.effort)
 
     # Re-encoding a small, already well-compressed file can grow it; in its own format and

@@ -42,6 +42,8 @@ class RequestOptions(BaseModel):
     format: OutputFormat | None = None
     effort: Effort | None = None
     target_score: float | None = Field(default=None, ge=0, le=100)
+    # With a fixed quality, also score each output (quality=auto always does).
+    measure_quality: bool | None = None
 
 
 # The ids a job carries become parts of file paths and object keys: only these shapes pass.

@@ -81,6 +81,8 @@ def options_to_proto(options: RequestOptions) -> options_pb2.ProcessingOptions:
         message.effort = EFFORTS_TO_PROTO[options.effort]
     if options.target_score is not None:
         message.target_score = options.target_score
+    if options.measure_quality:
+        message.measure_quality = True
     return message
 
 
@@ -98,6 +100,7 @@ def options_from_proto(message: options_pb2.ProcessingOptions) -> RequestOptions
         format=FORMATS_FROM_PROTO.get(message.format),
         effort=EFFORTS_FROM_PROTO.get(message.effort),
         target_score=message.target_score if message.HasField("target_score") else None,
+        measure_quality=message.measure_quality or None,
     )
 
 

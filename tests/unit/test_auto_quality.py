@@ -45,3 +45,23 @@ def test_auto_quality_round_trips_through_the_wire() -> None:
     assert message.quality_auto and not message.HasField("quality")
     assert options_from_proto(message) == options
     assert options_from_proto(options_to_proto(RequestOptions(quality=40))).quality == 40
+
+
+def test_measure_quality_scores_a_fixed_quality_as_auto_would(corpus_dir: Path) -> None:
+    source = (corpus_dir / "product-photos" / "darkest-hour.jpg").read_bytes()
+    auto = transform_image(source, TransformOptions(target_score=70.0))
+    assert auto.quality_used is not None and auto.score is not None
+    measured = transform_image(source, TransformOptions(quality=auto.quality_used,
+                                                        measure_quality=True))
+    # The same tiles, encoder and scale: the same score, and the same output bytes.
+    assert measured.score == auto.score and measured.data == auto.data
+    assert measured.quality_used == auto.quality_used
+    assert transform_image(source, TransformOptions(quality=auto.quality_used)).score is None
+
+
+def test_measure_quality_round_trips_through_the_wire() -> None:
+    options = RequestOptions(quality=60, measure_quality=True)
+    message = options_to_proto(options)
+    assert message.measure_quality and message.quality == 60
+    assert options_from_proto(message) == options
+    assert options_from_proto(options_to_proto(RequestOptions())).measure_quality is None

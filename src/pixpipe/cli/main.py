@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--quality", type=_quality, help="1-95 (default 50) or auto")
     submit.add_argument("--target-score", type=float,
                         help="with --quality auto: SSIMULACRA2 score to reach (default 70)")
+    submit.add_argument("--measure-quality", action="store_true",
+                        help="with a fixed quality: report each output's score too")
     submit.add_argument("--max-width", type=int)
     submit.add_argument("--max-height", type=int)
     submit.add_argument("--format", choices=sorted(FORMATS_TO_PROTO))
@@ -138,6 +140,8 @@ async def submit(client: PixpipeClient, args: argparse.Namespace, console: Conso
         options.quality = args.quality
     if args.target_score is not None:
         options.target_score = args.target_score
+    if args.measure_quality:
+        options.measure_quality = True
     for name in ("max_width", "max_height"):
         if getattr(args, name) is not None:
             setattr(options, name, getattr(args, name))

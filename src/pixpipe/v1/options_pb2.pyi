@@ -80,6 +80,7 @@ class ProcessingOptions(_message.Message):
     EFFORT_FIELD_NUMBER: _builtins.int
     QUALITY_AUTO_FIELD_NUMBER: _builtins.int
     TARGET_SCORE_FIELD_NUMBER: _builtins.int
+    MEASURE_QUALITY_FIELD_NUMBER: _builtins.int
     quality: _builtins.int
     """Encoder quality 1-95; default 50 ("50% of original quality")."""
     max_width: _builtins.int
@@ -92,6 +93,10 @@ class ProcessingOptions(_message.Message):
     (SSIMULACRA2, default 70 = "high"); `quality` is then ignored.
     """
     target_score: _builtins.float
+    measure_quality: _builtins.bool
+    """With a fixed quality, also report each output's score (the same fast tile score as
+    quality=auto): about 21 ms more CPU per 4 MP photo.
+    """
     def __init__(
         self,
         *,
@@ -102,10 +107,11 @@ class ProcessingOptions(_message.Message):
         effort: Global___Effort.ValueType = ...,
         quality_auto: _builtins.bool = ...,
         target_score: _builtins.float | None = ...,
+        measure_quality: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_height", b"_max_height", "_max_width", b"_max_width", "_quality", b"_quality", "_target_score", b"_target_score", "max_height", b"max_height", "max_width", b"max_width", "quality", b"quality", "target_score", b"target_score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_height", b"_max_height", "_max_width", b"_max_width", "_quality", b"_quality", "_target_score", b"_target_score", "effort", b"effort", "format", b"format", "max_height", b"max_height", "max_width", b"max_width", "quality", b"quality", "quality_auto", b"quality_auto", "target_score", b"target_score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_height", b"_max_height", "_max_width", b"_max_width", "_quality", b"_quality", "_target_score", b"_target_score", "effort", b"effort", "format", b"format", "max_height", b"max_height", "max_width", b"max_width", "measure_quality", b"measure_quality", "quality", b"quality", "quality_auto", b"quality_auto", "target_score", b"target_score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_height: _TypeAlias = _typing.Literal["max_height"]  # noqa: Y015
     _WhichOneofArgType__max_height: _TypeAlias = _typing.Literal["_max_height", b"_max_height"]  # noqa: Y015

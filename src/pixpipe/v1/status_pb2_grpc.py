@@ -97,7 +97,9 @@ class StatusServiceServicer:
 
     def ExportCsv(self, request, context):
         """The output CSV: the uploaded columns plus "Output Image Urls" (absolute URLs in input
-        order, an empty slot for a failed image). FAILED_PRECONDITION until the request is done.
+        order, an empty slot for a failed image), then "Output Quality", "Output Encoder" and
+        "Output Scores" (each image's receipt, slot for slot). FAILED_PRECONDITION until the
+        request is done.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,7 +45,9 @@ class StatusServiceStub:
     """The most recent requests, newest first, without their image lists."""
     ExportCsv: _grpc.UnaryStreamMultiCallable[_status_pb2.ExportCsvRequest, _status_pb2.ExportCsvResponse]
     """The output CSV: the uploaded columns plus "Output Image Urls" (absolute URLs in input
-    order, an empty slot for a failed image). FAILED_PRECONDITION until the request is done.
+    order, an empty slot for a failed image), then "Output Quality", "Output Encoder" and
+    "Output Scores" (each image's receipt, slot for slot). FAILED_PRECONDITION until the
+    request is done.
     """
 
 @_typing.type_check_only
@@ -65,7 +67,9 @@ class StatusServiceAsyncStub(StatusServiceStub):
     """The most recent requests, newest first, without their image lists."""
     ExportCsv: _aio.UnaryStreamMultiCallable[_status_pb2.ExportCsvRequest, _status_pb2.ExportCsvResponse]  # type: ignore[assignment]
     """The output CSV: the uploaded columns plus "Output Image Urls" (absolute URLs in input
-    order, an empty slot for a failed image). FAILED_PRECONDITION until the request is done.
+    order, an empty slot for a failed image), then "Output Quality", "Output Encoder" and
+    "Output Scores" (each image's receipt, slot for slot). FAILED_PRECONDITION until the
+    request is done.
     """
 
 class StatusServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -112,7 +116,9 @@ class StatusServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_status_pb2.ExportCsvResponse], _abc.AsyncIterator[_status_pb2.ExportCsvResponse]]:
         """The output CSV: the uploaded columns plus "Output Image Urls" (absolute URLs in input
-        order, an empty slot for a failed image). FAILED_PRECONDITION until the request is done.
+        order, an empty slot for a failed image), then "Output Quality", "Output Encoder" and
+        "Output Scores" (each image's receipt, slot for slot). FAILED_PRECONDITION until the
+        request is done.
         """
 
 def add_StatusServiceServicer_to_server(servicer: StatusServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
