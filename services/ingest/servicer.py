@@ -21,6 +21,7 @@ from pixpipe.db.request_writes import RequestNotQueued
 from pixpipe.domain import RequestOptions
 from pixpipe.errors import CsvValidationError, InvalidOptionError
 from pixpipe.grpc_errors import abort_with_status, status_for_csv_error, status_for_option_error
+from pixpipe.job_batch import JobBatch
 from pixpipe.metrics import IngestMetrics
 from pixpipe.net_policy import check_url_syntax
 from pixpipe.settings import Settings
@@ -44,6 +45,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self._settings = settings
         self._repository = repository
         self._bus = bus
+        self._unfinished: set[asyncio.Future[tuple[str, JobBatch]]] = set()
         self._limits = CsvLimits(
             max_bytes=settings.max_upload_bytes, max_images=settings.max_images_per_request,
             max_url_length=settings.max_url_length, max_columns=settings.max_csv_columns,
@@ -65,19 +67,18 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             self._metrics.uploads.labels("refused").inc()
             await abort_with_status(context, status_for_option_error(error))
 
+        # Once the upload is in, a client that hangs up must not leave it half recorded or
+        # half queued: the work goes on without it.
+        work = asyncio.ensure_future(self._record_and_queue(
+            parsed, options=options, webhook_url=webhook_url,
+            file_name=metadata.file_name[:255]))
+        self._unfinished.add(work)
+        work.add_done_callback(self._unfinished.discard)
         try:
-            # Each part of the images is queued once committed, while the next is written.
-            request_id, jobs = await self._repository.create_request(
-                parsed, options=options, webhook_url=webhook_url,
-                file_name=metadata.file_name[:255], committed=self._bus.publish_jobs)
+            request_id, jobs = await asyncio.shield(work)
         except RequestNotQueued as error:
-            log.error("request %s was not wholly %s; failing its images", error.request_id,
-                      "queued" if error.queueing_failed else "recorded", exc_info=error.__cause__)
-            self._metrics.uploads.labels("unqueued").inc()
-            reason, message = ((_QUEUE_DOWN, "the job queue is unavailable")
-                               if error.queueing_failed else
-                               (_DATABASE_DOWN, "the database is unavailable"))
-            await self._repository.fail_unqueued_request(error.request_id, reason)
+            message = ("the job queue is unavailable" if error.queueing_failed
+                       else "the database is unavailable")
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"{message}; the request was not queued, try again")
         self._metrics.uploads.labels("accepted").inc()
@@ -86,6 +87,23 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                  len(parsed.rows), len(jobs))
         return ingest_pb2.UploadResponse(request_id=request_id, image_count=len(jobs),
                                          message=UPLOAD_ACCEPTED)
+
+    async def _record_and_queue(self, parsed: ParsedCsv, *, options: RequestOptions,
+                                webhook_url: str | None, file_name: str,
+                                ) -> tuple[str, JobBatch]:
+        """Record the request and queue its jobs, each part of the images queued once
+        committed while the next is written; fail it if that stopped part way."""
+        try:
+            return await self._repository.create_request(
+                parsed, options=options, webhook_url=webhook_url, file_name=file_name,
+                committed=self._bus.publish_jobs)
+        except RequestNotQueued as error:
+            log.error("request %s was not wholly %s; failing its images", error.request_id,
+                      "queued" if error.queueing_failed else "recorded", exc_info=error.__cause__)
+            self._metrics.uploads.labels("unqueued").inc()
+            await self._repository.fail_unqueued_request(
+                error.request_id, _QUEUE_DOWN if error.queueing_failed else _DATABASE_DOWN)
+            raise
 
     async def _receive(self, request_iterator: AsyncIterator[ingest_pb2.UploadRequest],
                        ) -> tuple[ingest_pb2.UploadMetadata, ParsedCsv]:

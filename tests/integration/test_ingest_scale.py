@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
+import grpc
 import pytest
 from sqlalchemy import func, select
 
 from pixpipe.bus import JOBS_STREAM, Bus, jobs_subject
-from pixpipe.db.models import ImageRecord, ProductRecord
+from pixpipe.db.models import ImageRecord, ProductRecord, RequestRecord
 from pixpipe.db.repository import Repository
-from pixpipe.domain import ImageJob, ImageState
+from pixpipe.domain import ImageJob, ImageState, RequestState
 from pixpipe.grpc_server import GrpcServer
 from pixpipe.settings import Settings
+from pixpipe.v1 import ingest_pb2_grpc
 from tests.integration.test_ingest import serve_ingest
-from tests.support.stack import upload
+from tests.support.stack import upload, upload_messages
+
+T = TypeVar("T")
 
 IMAGES = 100_000
 PER_PRODUCT = 5
@@ -86,6 +94,48 @@ async def test_a_catalogue_upload_is_recorded_and_queued_once(
     assert view is not None and view.counters.total == IMAGES
     assert [(image.serial_number, image.position, image.product_name)
             for image in view.images[:2]] == [(1, 0, "Product 1"), (1, 1, "Product 1")]
+
+
+async def test_a_client_that_hangs_up_once_recording_began_still_gets_it_all_queued(
+        ingest: GrpcServer, repository: Repository, bus: Bus) -> None:
+    file_name = f"hang-up-{uuid.uuid4()}.csv"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{ingest.port}") as channel:
+        call = ingest_pb2_grpc.IngestServiceStub(channel).Upload(upload_messages(
+            catalogue_csv(), chunk_size=256 * 1024, file_name=file_name), timeout=60)
+        request_id = await until(lambda: request_named(repository, file_name))
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    subject = jobs_subject(request_id)
+    try:
+        queued = await until(lambda: jobs_queued(bus, subject, IMAGES))
+    finally:
+        await bus.js.purge_stream(JOBS_STREAM, subject=subject)
+    assert queued == IMAGES
+    view = await repository.get_request(request_id, images=None)
+    assert view is not None and view.counters.total == IMAGES
+    assert (view.counters.status, view.counters.failed) == (RequestState.PENDING, 0)
+
+
+async def request_named(repository: Repository, file_name: str) -> str | None:
+    async with repository._sessions() as session:
+        return await session.scalar(
+            select(RequestRecord.id).where(RequestRecord.file_name == file_name))
+
+
+async def jobs_queued(bus: Bus, subject: str, expected: int) -> int | None:
+    stream = await bus.js.stream_info(JOBS_STREAM, subjects_filter=subject)
+    count: int = (stream.state.subjects or {}).get(subject, 0)
+    return count if count >= expected else None
+
+
+async def until(probe: Callable[[], Awaitable[T | None]], timeout: float = 30) -> T:  # noqa: ASYNC109
+    """Poll ``probe`` until it answers something (a wait for a condition, not a sleep)."""
+    deadline = time.monotonic() + timeout
+    while (answer := await probe()) is None:
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+    return answer
 
 
 _PARSE_50_MB = """
