@@ -14,14 +14,16 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from pixpipe.auto_quality import search_quality, tile_score
 from pixpipe.errors import DecodeError
+from pixpipe.format_choice import EncodedFormat, choose_format
 from pixpipe.jpeg_encoders import Effort, encode_jpeg, encoder_name
 
-OutputFormat = Literal["jpeg", "webp", "avif"]
+# "auto": the smallest of the formats Pillow encodes at one score (format_choice).
+OutputFormat = Literal["jpeg", "webp", "avif", "auto"]
 
 # Everything else Pillow can read (PSD, EPS through Ghostscript, ICO, ...) is attack surface
 # that product photos do not need.
 _INPUT_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
-_EXTENSIONS: dict[str, str] = {"jpeg": "jpg", "webp": "webp", "avif": "avif"}
+_EXTENSIONS: dict[EncodedFormat, str] = {"jpeg": "jpg", "webp": "webp", "avif": "avif"}
 _SIGNATURES = (
     (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"),
     (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
@@ -96,28 +98,33 @@ def transform_image(source: bytes, options: TransformOptions) -> TransformResult
             ImageOps.exif_transpose(im, in_place=True)
         # After CMYK conversion the pixels are sRGB, whatever profile the source carried.
         icc = None if im.mode == "CMYK" else im.info.get("icc_profile")
-        picture = _to_output_mode(im, options.format)
+        fmt: EncodedFormat = "jpeg" if options.format == "auto" else options.format
+        picture = _to_output_mode(im, fmt)
         if picture.size != target:
             picture = picture.resize(target, Image.Resampling.LANCZOS, reducing_gap=2.0)
         if icc and not _profile_fits(icc, picture.mode):
             icc = None
         quality, score = options.quality, None
-        if options.target_score is not None:
+        if options.format == "auto":
+            choice = choose_format(picture, options.target_score, options.quality,
+                                   lambda tiles, f, q: _encode(tiles, f, q, None, options.effort))
+            fmt, quality, score = choice.format, choice.quality, choice.score
+        elif options.target_score is not None:
             found = search_quality(picture, options.target_score, lambda tiles, q: _encode(
-                tiles, options.format, q, None, options.effort))
+                tiles, fmt, q, None, options.effort))
             quality, score = found.quality, found.score
         elif options.measure_quality:
             score = round(tile_score(picture, quality, lambda tiles, q: _encode(
-                tiles, options.format, q, None, options.effort)), 2)
-        data = _encode(picture, options.format, quality, icc, options.effort)
+                tiles, fmt, q, None, options.effort)), 2)
+        data = _encode(picture, fmt, quality, icc, options.effort)
 
     # Re-encoding a small, already well-compressed file can grow it; in its own format and
     # size the original is then the better answer.
-    kept = options.format == source_format and target == upright and len(data) >= len(source)
+    kept = fmt == source_format and target == upright and len(data) >= len(source)
     return TransformResult(
         data=source if kept else data,
-        format=options.format,
-        extension=_EXTENSIONS[options.format],
+        format=fmt,
+        extension=_EXTENSIONS[fmt],
         width=target[0],
         height=target[1],
         source_format=source_format,
@@ -125,7 +132,7 @@ def transform_image(source: bytes, options: TransformOptions) -> TransformResult
         source_height=upright[1],
         kept_source=kept,
         quality_used=None if kept else quality,
-        encoder=None if kept else _ENCODERS.get(options.format) or encoder_name(options.effort),
+        encoder=None if kept else _ENCODERS.get(fmt) or encoder_name(options.effort),
         effort=options.effort,
         score=None if kept else score,
     )
@@ -174,7 +181,7 @@ def _fit(size: tuple[int, int], max_width: int | None, max_height: int | None) -
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _to_output_mode(im: Image.Image, fmt: OutputFormat) -> Image.Image:
+def _to_output_mode(im: Image.Image, fmt: EncodedFormat) -> Image.Image:
     """RGB, or L for a greyscale JPEG: one channel, a few per cent smaller than RGB."""
     if im.mode == "CMYK":
         return _cmyk_to_rgb(im)
@@ -210,12 +217,17 @@ def _profile_fits(icc: bytes, mode: str) -> bool:
     return icc[16:20] == (b"GRAY" if mode == "L" else b"RGB ")
 
 
-def _encode(im: Image.Image, fmt: OutputFormat, quality: int, icc: bytes | None,
+def _encode(im: Image.Image, fmt: EncodedFormat, quality: int, icc: bytes | None,
             effort: Effort) -> bytes:
     # Encoders copy comments, XMP and the source's profile from ``info``; metadata is stripped.
     im.info = {}
     if fmt == "jpeg":
         return encode_jpeg(im, quality, icc, effort)
+    if im.mode == "L":
+        # Greyscale stays one channel only in JPEG (format=auto keeps it for JPEG's sake).
+        im = im.convert("RGB")
+        if icc and not _profile_fits(icc, "RGB"):
+            icc = None
     params: dict[str, Any] = {"quality": quality}
     if icc:
         params["icc_profile"] = icc

@@ -9,7 +9,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-OutputFormat = Literal["jpeg", "webp", "avif"]
+# "auto": per image, the smallest of JPEG, WebP and AVIF at one score.
+OutputFormat = Literal["jpeg", "webp", "avif", "auto"]
 Effort = Literal["fast", "balanced", "max"]
 
 

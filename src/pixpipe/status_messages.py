@@ -41,6 +41,7 @@ _FORMATS_TO_PROTO: dict[OutputFormat, options_pb2.ImageFormat.ValueType] = {
     "jpeg": options_pb2.IMAGE_FORMAT_JPEG,
     "webp": options_pb2.IMAGE_FORMAT_WEBP,
     "avif": options_pb2.IMAGE_FORMAT_AVIF,
+    "auto": options_pb2.IMAGE_FORMAT_AUTO,
 }
 FORMATS_FROM_PROTO: dict[int, OutputFormat] = {
     value: key for key, value in _FORMATS_TO_PROTO.items()}

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pixpipe/v1/options.proto\x12\npixpipe.v1\"\xab\x02\n\x11ProcessingOptions\x12\x14\n\x07quality\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x16\n\tmax_width\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x17\n\nmax_height\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\'\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x17.pixpipe.v1.ImageFormat\x12\"\n\x06\x65\x66\x66ort\x18\x05 \x01(\x0e\x32\x12.pixpipe.v1.Effort\x12\x14\n\x0cquality_auto\x18\x06 \x01(\x08\x12\x19\n\x0ctarget_score\x18\x07 \x01(\x01H\x03\x88\x01\x01\x12\x17\n\x0fmeasure_quality\x18\x08 \x01(\x08\x42\n\n\x08_qualityB\x0c\n\n_max_widthB\r\n\x0b_max_heightB\x0f\n\r_target_score*p\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_WEBP\x10\x02\x12\x15\n\x11IMAGE_FORMAT_AVIF\x10\x03*V\n\x06\x45\x66\x66ort\x12\x16\n\x12\x45\x46\x46ORT_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x45\x46\x46ORT_FAST\x10\x01\x12\x13\n\x0f\x45\x46\x46ORT_BALANCED\x10\x02\x12\x0e\n\nEFFORT_MAX\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pixpipe/v1/options.proto\x12\npixpipe.v1\"\xab\x02\n\x11ProcessingOptions\x12\x14\n\x07quality\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x16\n\tmax_width\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x17\n\nmax_height\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\'\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x17.pixpipe.v1.ImageFormat\x12\"\n\x06\x65\x66\x66ort\x18\x05 \x01(\x0e\x32\x12.pixpipe.v1.Effort\x12\x14\n\x0cquality_auto\x18\x06 \x01(\x08\x12\x19\n\x0ctarget_score\x18\x07 \x01(\x01H\x03\x88\x01\x01\x12\x17\n\x0fmeasure_quality\x18\x08 \x01(\x08\x42\n\n\x08_qualityB\x0c\n\n_max_widthB\r\n\x0b_max_heightB\x0f\n\r_target_score*\x87\x01\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_WEBP\x10\x02\x12\x15\n\x11IMAGE_FORMAT_AVIF\x10\x03\x12\x15\n\x11IMAGE_FORMAT_AUTO\x10\x04*V\n\x06\x45\x66\x66ort\x12\x16\n\x12\x45\x46\x46ORT_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x45\x46\x46ORT_FAST\x10\x01\x12\x13\n\x0f\x45\x46\x46ORT_BALANCED\x10\x02\x12\x0e\n\nEFFORT_MAX\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pixpipe.v1.options_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IMAGEFORMAT']._serialized_start=342
-  _globals['_IMAGEFORMAT']._serialized_end=454
-  _globals['_EFFORT']._serialized_start=456
-  _globals['_EFFORT']._serialized_end=542
+  _globals['_IMAGEFORMAT']._serialized_start=343
+  _globals['_IMAGEFORMAT']._serialized_end=478
+  _globals['_EFFORT']._serialized_start=480
+  _globals['_EFFORT']._serialized_end=566
   _globals['_PROCESSINGOPTIONS']._serialized_start=41
   _globals['_PROCESSINGOPTIONS']._serialized_end=340
 # @@protoc_insertion_point(module_scope)

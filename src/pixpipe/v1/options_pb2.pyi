@@ -28,6 +28,10 @@ class _ImageFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ImageForm
     IMAGE_FORMAT_JPEG: _ImageFormat.ValueType  # 1
     IMAGE_FORMAT_WEBP: _ImageFormat.ValueType  # 2
     IMAGE_FORMAT_AVIF: _ImageFormat.ValueType  # 3
+    IMAGE_FORMAT_AUTO: _ImageFormat.ValueType  # 4
+    """Per image, the smallest of JPEG, WebP and AVIF that reaches `target_score` (with
+    quality=auto) or else the score JPEG reaches at `quality`; the encoder says which.
+    """
 
 class ImageFormat(_ImageFormat, metaclass=_ImageFormatEnumTypeWrapper):
     """Output encoding of a processed image."""
@@ -37,6 +41,10 @@ IMAGE_FORMAT_UNSPECIFIED: ImageFormat.ValueType  # 0
 IMAGE_FORMAT_JPEG: ImageFormat.ValueType  # 1
 IMAGE_FORMAT_WEBP: ImageFormat.ValueType  # 2
 IMAGE_FORMAT_AVIF: ImageFormat.ValueType  # 3
+IMAGE_FORMAT_AUTO: ImageFormat.ValueType  # 4
+"""Per image, the smallest of JPEG, WebP and AVIF that reaches `target_score` (with
+quality=auto) or else the score JPEG reaches at `quality`; the encoder says which.
+"""
 Global___ImageFormat: _TypeAlias = ImageFormat  # noqa: Y015
 
 class _Effort:
