@@ -9,6 +9,12 @@ codec's full transform (decode, orientation, colour, encode) at quality 50 for:
 - ``fast``, ``balanced``, ``max``: the efforts (docs/codec.md);
 - ``auto``: quality=auto at balanced, aiming at balanced q50's median score.
 
+Then the resize fast path on product photos (``--resize-only`` runs just this): for boxes of
+1024, 800 and 500 pixels, CPU of decode + resize by shrink-on-load (JPEG draft to the
+smallest DCT scale covering the box, then bicubic, as the codec does) against a plain Pillow
+LANCZOS resize of the full decode, with the same output size; and the codec's whole transform
+with ``max_width``/``max_height`` against the same transform on the plain path.
+
 For each: images/s per core (CPU time of the transform in this process, best of
 ``--rounds``, so a busy machine slows it less than wall time would), total bytes, and the
 median reference SSIMULACRA2 score (the ``ssimulacra2`` package on the central 1024×1024
@@ -193,13 +199,74 @@ def report(folder: str, outcomes: dict[str, Outcome]) -> None:
     print(f"    auto qualities: {sorted(auto.qualities)}")
 
 
+RESIZE_BOXES = (1024, 800, 500)
+
+
+def _plain_resize(source: bytes, box: int) -> Image.Image:
+    with Image.open(BytesIO(source)) as im:
+        im.load()
+        ImageOps.exif_transpose(im, in_place=True)
+        return im.resize(codec._fit(im.size, box, box), Image.Resampling.LANCZOS)
+
+
+def _shrink_on_load(source: bytes, box: int) -> Image.Image:
+    with Image.open(BytesIO(source)) as im:
+        target = codec._fit(im.size, box, box)
+        im.draft(None, target)
+        im.load()
+        ImageOps.exif_transpose(im, in_place=True)
+        return im.resize(target, Image.Resampling.BICUBIC, reducing_gap=2.0)
+
+
+def _plain_transform(source: bytes, box: int) -> bytes:
+    picture = _plain_resize(source, box)
+    return codec._encode(picture, "jpeg", 50, picture.info.get("icc_profile"), "balanced")
+
+
+def _transform_size(source: bytes, box: int) -> tuple[int, int]:
+    result = transform_image(source, TransformOptions(max_width=box, max_height=box))
+    return result.width, result.height
+
+
+def _cpu_per_image(work: Any, sources: list[bytes], box: int, rounds: int) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.process_time()
+        for source in sources:
+            work(source, box)
+        best = min(best, time.process_time() - start)
+    return best / len(sources)
+
+
+def resize_report(sources: list[bytes], rounds: int) -> None:
+    print("\nresize fast path (CPU per image, best of rounds):")
+    for box in RESIZE_BOXES:
+        plain = _cpu_per_image(_plain_resize, sources, box, rounds)
+        fast = _cpu_per_image(_shrink_on_load, sources, box, rounds)
+        whole_plain = _cpu_per_image(_plain_transform, sources, box, rounds)
+        whole = _cpu_per_image(lambda source, b: transform_image(
+            source, TransformOptions(max_width=b, max_height=b)), sources, box, rounds)
+        same = all(_plain_resize(source, box).size == _shrink_on_load(source, box).size
+                   == _transform_size(source, box) for source in sources)
+        print(f"  box {box}: decode+resize {plain * 1e3:.1f} -> {fast * 1e3:.1f} ms "
+              f"({plain / fast:.2f}x, >= 2.5x {verdict(plain / fast >= 2.5)}); whole transform "
+              f"{whole_plain * 1e3:.1f} -> {whole * 1e3:.1f} ms ({whole_plain / whole:.2f}x); "
+              f"same sizes: {same}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.codec", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2, help="timing rounds (best is kept)")
     parser.add_argument("--folders", nargs="+", default=list(FOLDERS))
+    parser.add_argument("--resize-only", action="store_true",
+                        help="measure only the resize fast path")
     args = parser.parse_args(argv)
     root = corpus_dir()
+    photos = [path.read_bytes() for path in sorted((root / "product-photos").glob("*.jpg"))]
+    if args.resize_only:
+        resize_report(photos, max(args.rounds, 3))
+        return
     with ProcessPoolExecutor(max_workers=2) as pool:
         for folder in args.folders:
             paths = sorted(path for path in (root / folder).iterdir()
@@ -217,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
             outcomes.update(measure([Config("auto", target_score=target)], sources,
                                     args.rounds, pool))
             report(folder, outcomes)
+    resize_report(photos, max(args.rounds, 3))
 
 
 if __name__ == "__main__":
