@@ -1,7 +1,9 @@
 """``python -m bench.ingest``: how fast the ingest service takes a catalogue-sized upload.
 
 Starts the stack without workers (the jobs stay queued and nothing else competes for the
-cores) on SQLite, or on PostgreSQL when PIXPIPE_BENCH_DATABASE_URL is set. Then, in each of
+cores) on SQLite, or on PostgreSQL when PIXPIPE_BENCH_DATABASE_URL is set (in a database of its
+own on that server, dropped afterwards, so that runs do not slow down on what earlier ones
+left). Then, in each of
 ``--repeat`` rounds, uploads a CSV of ``--images`` URLs (five per product) over gRPC, in
 256 KB chunks, and over REST (POST /upload/), each timed from the first byte sent to the
 answer: parsed, recorded, every job acknowledged by JetStream. The jobs are purged after each
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
@@ -28,11 +31,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import asyncpg
 import grpc
 import httpx
 import nats
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.engine import make_url
 
 from bench.pipeline import BenchError, bench_settings, print_logs
 from pixpipe.bus import JOBS_STREAM, Bus
@@ -106,6 +111,28 @@ def proc_status(pid: int, field: str) -> float:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _admin(server_url: str, statement: str) -> None:
+    url = make_url(server_url)
+    connection = await asyncpg.connect(
+        host=url.host or "127.0.0.1", port=url.port or 5432, user=url.username or "postgres",
+        password=url.password, database=url.database or "postgres")
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new database on the PostgreSQL server of ``server_url``, dropped afterwards."""
+    name = f"pixpipe_bench_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def purge_jobs(nats_url: str) -> None:
@@ -232,16 +259,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.images < 1 or args.repeat < 1:
         parser.error("--images and --repeat must be positive")
-    database = os.environ.get("PIXPIPE_BENCH_DATABASE_URL")
+    server = os.environ.get("PIXPIPE_BENCH_DATABASE_URL")
     data_dir = Path(tempfile.mkdtemp(prefix="pixpipe-bench-ingest-"))
     log_dir = data_dir / "logs"
     settings, environment = bench_settings(data_dir)
-    if database:
-        environment["PIXPIPE_DATABASE_URL"] = database
-        settings = settings.model_copy(update={"database_url": database})
     failed = True
     try:
-        measure(settings, environment, log_dir, args, "PostgreSQL" if database else "SQLite")
+        with contextlib.ExitStack() as cleanup:
+            if server:
+                database = cleanup.enter_context(fresh_database(server))
+                environment["PIXPIPE_DATABASE_URL"] = database
+                settings = settings.model_copy(update={"database_url": database})
+            measure(settings, environment, log_dir, args, "PostgreSQL" if server else "SQLite")
         failed = False
         return 0
     except (BenchError, grpc.RpcError, httpx.HTTPError, RuntimeError, TimeoutError) as error:
@@ -254,7 +283,6 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"data directory kept: {data_dir}")
         else:
             shutil.rmtree(data_dir, ignore_errors=True)
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -36,9 +36,10 @@ _images: Table = ImageRecord.__table__  # type: ignore[assignment]
 _PRODUCT_COLUMNS = ("id", "request_id", "serial_number", "product_name", "line", "cells")
 _IMAGE_COLUMNS = ("id", "request_id", "product_id", "serial_number", "position", "input_url",
                   "status", "attempts", "updated_at")
-# Images per part on PostgreSQL: small enough that queueing starts early, large enough that
-# a transaction's fixed cost stays small.
-PART_IMAGES = 20_000
+# Images per part on PostgreSQL: the last part is queued after everything else is done, so
+# small, but each part is a commit. 100,000 images in parts of 5,000 / 10,000 / 20,000 (gRPC
+# upload, median of 6): 3.0 / 2.8 / 3.4 s.
+PART_IMAGES = 10_000
 
 
 def _insert_sql(table: Table, columns: tuple[str, ...]) -> str:
