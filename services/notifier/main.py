@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 
 from pixpipe.bus import Bus
 from pixpipe.db.engine import engine_from_settings, session_factory
@@ -24,10 +25,20 @@ from services.notifier.webhooks import WebhookDispatcher, WebhookSender
 log = logging.getLogger(__name__)
 
 
+class MissingWebhookSecret(Exception):
+    """The notifier signs every webhook; without a secret of its own it must not start."""
+
+
 class Notifier:
     """The status service, the event hub behind its watchers and the webhook dispatcher."""
 
     def __init__(self, settings: Settings) -> None:
+        if not settings.webhook_secret:
+            raise MissingWebhookSecret(
+                "PIXPIPE_WEBHOOK_SECRET is not set: the notifier signs every webhook with it. "
+                "Set it to a secret of your own (whsec_ and base64 of 32 random bytes, e.g. "
+                "python -c 'from pixpipe.dev.webhook_secret import new_webhook_secret; "
+                "print(new_webhook_secret())'); `make run` generates one per install.")
         self.settings = settings
         self._engine = engine_from_settings(settings)
         sessions = session_factory(self._engine)
@@ -109,6 +120,11 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 def main() -> None:
     settings = Settings()
     configure_logging(settings, "notifier")
+    if not settings.webhook_secret:
+        print(f"pixpipe notifier cannot start: {MissingWebhookSecret.__doc__} "
+              "Set PIXPIPE_WEBHOOK_SECRET (`make run` generates one per install).",
+              file=sys.stderr)
+        raise SystemExit(2)
     run_until_signalled(lambda stop: serve(settings, stop))
 
 

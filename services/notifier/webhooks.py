@@ -51,6 +51,8 @@ class WebhookSender:
     """One pooled client whose connections obey the same network policy as image fetches."""
 
     def __init__(self, settings: Settings) -> None:
+        if not settings.webhook_secret:
+            raise ValueError("webhooks cannot be signed without PIXPIPE_WEBHOOK_SECRET")
         self._secret = settings.webhook_secret
         self._client = httpx.AsyncClient(
             transport=guarded_transport(allow_private=settings.allow_private_networks),

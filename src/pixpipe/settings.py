@@ -99,7 +99,10 @@ class Settings(BaseSettings):
                                         "database for changes whose events were lost.")
 
     # Webhooks.
-    webhook_secret: str = "whsec_cGl4cGlwZS1kZXZlbG9wbWVudC1zZWNyZXQ="
+    webhook_secret: str | None = Field(default=None, description="Standard Webhooks signing "
+                                       "secret (whsec_…); no default: `make run` generates "
+                                       "one per install, a notifier without one refuses to "
+                                       "start.")
     webhook_timeout_seconds: float = 10.0
     # Delay before each retry; the default spans about 27 hours (Standard Webhooks' advice).
     webhook_retry_schedule: Schedule = Field(

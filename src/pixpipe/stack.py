@@ -18,6 +18,7 @@ from types import FrameType
 import httpx
 
 from pixpipe.db.migrate import upgrade
+from pixpipe.dev.webhook_secret import install_webhook_secret
 from pixpipe.embedded_nats import start_nats_server, start_nats_server_on_free_port
 from pixpipe.settings import Settings, codec_processes_per_worker
 
@@ -48,6 +49,9 @@ class Stack:
     clock: Callable[[], float] = time.monotonic
     # Ctrl-C or SIGTERM while starting: stop waiting for readiness (see stop_on_signals).
     stop_requested: Callable[[], bool] = lambda: False
+    # The install's generated webhook secret, when PIXPIPE_WEBHOOK_SECRET did not set one.
+    webhook_secret: str | None = None
+    webhook_secret_file: Path | None = None
     # The embedded server's port once started: kept across its restarts.
     nats_port: int | None = None
     # Each worker under <data dir>/worker-N, so nothing can rely on a disk they share.
@@ -61,6 +65,11 @@ class Stack:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.environment,
                "PIXPIPE_DATA_DIR": str(settings.data_dir.resolve())}
+        if not settings.webhook_secret:
+            # Never a well-known default: this install's own, kept beside its data.
+            self.webhook_secret, self.webhook_secret_file = install_webhook_secret(
+                settings.data_dir)
+            env["PIXPIPE_WEBHOOK_SECRET"] = self.webhook_secret
         try:
             if not settings.nats_url:
                 self._start_embedded_nats()
@@ -345,6 +354,8 @@ def main() -> None:
     print(f"  NATS           {stack.nats_url}")
     print(f"  database       {settings.resolved_database_url}")
     print(f"  workers        {args.workers}")
+    if stack.webhook_secret_file is not None:
+        print(f"  webhook secret {stack.webhook_secret}  (kept in {stack.webhook_secret_file})")
     print("Press Ctrl-C to stop.", flush=True)
     run_until_stopped(stack, stop_requested)
 

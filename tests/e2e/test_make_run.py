@@ -205,6 +205,11 @@ def test_make_run_beside_a_nats_on_4222_takes_an_upload_the_moment_it_is_ready(
         assert all(body["status"] == "not ready" and body["not_ready"] for body in not_ready)
         banner = running.wait_for_output(r"pixpipe is running:[\s\S]*NATS +nats://127\.0\.0\.1:(\d+)")
         assert int(banner.group(1)) != DEFAULT_NATS_PORT
+        # No well-known webhook secret: this install's own, printed and kept in the data dir.
+        secret = running.wait_for_output(r"webhook secret (whsec_\S+)  \(kept in (\S+)\)")
+        kept = Path(secret.group(2))
+        assert kept.parent == running.data_dir and kept.read_text().strip() == secret.group(1)
+        assert kept.stat().st_mode & 0o077 == 0
         done = wait_terminal(running.gateway_url, accepted.json()["request_id"])
         assert done["status"] == "completed"
         assert done["total"] == accepted.json()["image_count"] == len(done["images"])

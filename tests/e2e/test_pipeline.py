@@ -230,6 +230,7 @@ async def test_webhook_receives_the_signed_status_when_the_request_finishes(
                     "webhook"]["state"] != "delivered":
                 assert time.monotonic() < deadline, status["webhook"]
                 await asyncio.sleep(0.05)
+    assert stack.settings.webhook_secret
     verify(post.headers, post.body, stack.settings.webhook_secret)
     body = json.loads(post.body)
     assert body["request_id"] == request_id and body["status"] == "completed"

@@ -13,6 +13,7 @@ import pytest
 from pixpipe.bus import Bus
 from pixpipe.db.engine import create_engine, session_factory
 from pixpipe.db.repository import Repository
+from pixpipe.dev.webhook_secret import new_webhook_secret
 from pixpipe.settings import Settings
 from services.worker.main import work
 from tests.support.http_server import CorpusHttpServer
@@ -35,6 +36,7 @@ def make_settings(tmp_path: Path, database_url: str, nats_server: NatsServer,
             "worker_concurrency": 4, "codec_processes": 1, "job_ack_wait_seconds": 5.0,
             "job_max_deliver": 3, "job_retry_backoff_seconds": [0.1],
             "shutdown_grace_seconds": 2.0, "nats_request_timeout_seconds": 3.0,
+            "webhook_secret": new_webhook_secret(),
         }
         values.update(overrides)
         return Settings(**values)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 
+from pixpipe.dev.webhook_secret import new_webhook_secret
 from pixpipe.embedded_nats import free_port
 from pixpipe.settings import Settings
 from pixpipe.stack import Stack
@@ -61,6 +62,7 @@ def stack_settings(data_dir: Path, *, database_url: str, nats_url: str,
         "PIXPIPE_SHUTDOWN_GRACE_SECONDS": "5",
         "PIXPIPE_GRPC_DRAIN_SECONDS": "0.2",
         "PIXPIPE_LOG_LEVEL": "INFO",
+        "PIXPIPE_WEBHOOK_SECRET": new_webhook_secret(),
         **overrides,
     }
 
