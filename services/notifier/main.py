@@ -19,6 +19,7 @@ from pixpipe.settings import Settings
 from pixpipe.v1 import status_pb2
 from services.notifier.gauges import keep_gauges_current
 from services.notifier.hub import EventHub
+from services.notifier.lost_jobs import keep_sweeping_lost_jobs
 from services.notifier.servicer import StatusServicer, add_status_service
 from services.notifier.webhooks import WebhookDispatcher, WebhookSender
 
@@ -50,6 +51,7 @@ class Notifier:
                                             self._sender, self.metrics)
         self._gauges: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._lost_jobs: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._deliveries: asyncio.Task[None] | None = None
@@ -71,8 +73,11 @@ class Notifier:
         self._deliveries = asyncio.create_task(self.dispatcher.run(self._stop))
         self._gauges = asyncio.create_task(keep_gauges_current(
             self.metrics, self._bus, self.webhooks, self.hub, self._stop))
+        publisher = EventPublisher(self._bus, self.repository)
         self._sweeper = asyncio.create_task(republish_completions(
-            EventPublisher(self._bus, self.repository), self.repository, self._stop))
+            publisher, self.repository, self._stop))
+        self._lost_jobs = asyncio.create_task(keep_sweeping_lost_jobs(
+            self._bus, self.repository, publisher, settings, self._stop))
         if settings.retention_days is not None:
             self._retention = asyncio.create_task(
                 keep_purging(settings, self._engine, self._stop))
@@ -97,6 +102,8 @@ class Notifier:
             await self._gauges
         if self._sweeper is not None:
             await self._sweeper
+        if self._lost_jobs is not None:
+            await self._lost_jobs
         if self._retention is not None:
             await self._retention
         await self._sender.aclose()

@@ -156,7 +156,11 @@ class JobConsumer:
 
     async def _settle(self, job: ImageJob, message: Msg) -> None:
         mark = ProcessingMark(functools.partial(self._mark_processing, job))
-        if message.metadata.num_delivered > 1 and not await mark.now():
+        # A redelivery checks the image first, and a last delivery marks it at once, so an
+        # image whose last worker dies is left processing for the lost-job sweeper to find.
+        deliveries = message.metadata.num_delivered
+        checked_first = deliveries > 1 or deliveries >= self._settings.job_max_deliver
+        if checked_first and not await mark.now():
             # Unknown or already terminal: a redelivery of finished work.
             await message.ack()
             return

@@ -153,6 +153,12 @@ class Bus:
         await publish_acknowledged(self.client, messages, window=_PUBLISH_WINDOW,
                                    timeout=self.settings.nats_request_timeout_seconds)
 
+    async def jobs_waiting(self, request_id: str) -> int:
+        """Jobs of a request still in the work queue: waiting, in hand or awaiting redelivery
+        (an acknowledged job leaves the stream)."""
+        info = await self.js.stream_info(JOBS_STREAM, subjects_filter=jobs_subject(request_id))
+        return sum((info.state.subjects or {}).values())
+
     async def publish_event(self, request_id: str, payload: bytes, *, message_id: str,
                             confirm: bool = True) -> None:
         """Publish a status event into PIXPIPE_EVENTS.

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Table,
     bindparam,
     case,
+    func,
     insert,
     or_,
     select,
@@ -365,6 +366,41 @@ class Repository:
                        RequestRecord.completion_published_at.is_(None),
                        RequestRecord.updated_at < finished_before)
                 .limit(limit))).all()
+
+    async def idle_open_requests(self, *, idle_before: datetime,
+                                 limit: int = 100) -> Sequence[str]:
+        """Requests still open that nothing has changed since ``idle_before``."""
+        async with self._sessions() as session:
+            return (await session.scalars(
+                select(RequestRecord.id)
+                .where(RequestRecord.status.in_(_OPEN_REQUEST_STATES),
+                       RequestRecord.updated_at < idle_before)
+                .order_by(RequestRecord.updated_at).limit(limit))).all()
+
+    async def fail_lost_images(self, request_id: str, reason: str, *,
+                               only_processing_before: datetime | None = None,
+                               ) -> RequestCounters | None:
+        """Fail the open images of a request whose jobs are gone (every open image), or only
+        those left ``processing`` since ``only_processing_before`` (a last delivery whose
+        worker died and whose max-deliveries advisory was lost). An image keeps the last
+        transient fault it noted as its reason. Counts them on the request, which queues its
+        webhook when this finished it; None when nothing was failed."""
+
+        def work(connection: Connection) -> RequestCounters | None:
+            now = utcnow()
+            lost = [_images.c.request_id == request_id, _IMAGE_IS_OPEN]
+            if only_processing_before is not None:
+                lost += [_images.c.status == ImageState.PROCESSING.value,
+                         _images.c.updated_at < only_processing_before]
+            failed = connection.execute(
+                update(_images).where(*lost)
+                .values(status=ImageState.FAILED.value, updated_at=now,
+                        error=func.coalesce(_images.c.error, reason))).rowcount
+            if not failed:
+                return None
+            return _bump_request(connection, request_id, now, completed=0, failed=failed)
+
+        return await self._writes.run(work)
 
 
 def _image_view(row: Row[Any, *tuple[Any, ...]]) -> ImageView:
