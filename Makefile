@@ -64,12 +64,14 @@ check-protos: protos
 
 ## Benchmarks: end-to-end images/s against raw Pillow on the same images, watcher delays,
 ## one 100,000-image request on every interface (PIXPIPE_BENCH_DATABASE_URL: PostgreSQL),
-## and bytes, CPU and SSIMULACRA2 of each JPEG encoder and effort (bench.codec).
+## bytes, CPU and SSIMULACRA2 of each JPEG encoder and effort (bench.codec), and a catalogue
+## with 30% repeated URLs with and without content-addressed reuse (bench.reuse).
 bench: $(STAMP)
 	$(BIN)/python -m bench.pipeline $(BENCH_ARGS)
 	$(BIN)/python -m bench.watchers
 	$(BIN)/python -m bench.catalogue
 	$(BIN)/python -m bench.codec
+	$(BIN)/python -m bench.reuse
 
 clean:
 	rm -rf $(VENV) pixpipe-data .tools .pytest_cache .mypy_cache .ruff_cache

@@ -8,6 +8,7 @@ import logging
 from pixpipe.bus import Bus
 from pixpipe.db.engine import engine_from_settings, session_factory
 from pixpipe.db.repository import Repository
+from pixpipe.db.reuse import ReuseIndex
 from pixpipe.events import EventPublisher
 from pixpipe.fetcher import SafeFetcher
 from pixpipe.metrics import WorkerMetrics, serve_metrics
@@ -17,6 +18,7 @@ from pixpipe.settings import Settings, codec_processes_per_worker
 from pixpipe.storage import s3_store_from_settings, store_from_settings
 from services.worker.consumer import JobConsumer
 from services.worker.processor import CodecPool, ImageProcessor
+from services.worker.reuse import OutputReuse
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +34,22 @@ async def work(settings: Settings, stop: asyncio.Event) -> None:
     # Alone on its machine unless told otherwise (make run tells it its share of the cores).
     codec = CodecPool(codec_processes_per_worker(settings, workers_on_this_machine=1))
     fetcher = SafeFetcher.from_settings(settings)
-    processor = ImageProcessor(settings, fetcher, codec, store_from_settings(settings))
+    store = store_from_settings(settings)
+    reuse = (OutputReuse(ReuseIndex(engine, repository.writes), store, nats=bus.client)
+             if settings.reuse_outputs else None)
+    processor = ImageProcessor(settings, fetcher, codec, store, reuse)
     metrics = WorkerMetrics()
     serve_metrics(metrics.registry, settings.bind_host, settings.metrics_port)
     consumer = JobConsumer(settings, bus, repository, processor,
                            EventPublisher(bus, repository), metrics)
     log.info("worker started: %d jobs at once", settings.worker_concurrency)
     try:
+        if reuse is not None:
+            await reuse.start()
         await consumer.run(stop)
     finally:
+        if reuse is not None:
+            await reuse.aclose()
         await fetcher.aclose()
         await codec.aclose()
         await bus.close()

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from pixpipe.codec import TransformOptions, transform_image
 from pixpipe.domain import Effort, ImageFailure, ImageJob, ImageOutcome, ImageSuccess
 from pixpipe.errors import DecodeError, FetchError
-from pixpipe.fetcher import SafeFetcher
+from pixpipe.fetcher import FetchedImage, SafeFetcher
 from pixpipe.jpeg_encoders import prepare_vips
 from pixpipe.object_storage import StorageUnavailable
 from pixpipe.settings import Settings
 from pixpipe.storage import OutputStore
 from services.worker.codec_pool import ChildProcessDied, ChildProcessPool
+from services.worker.reuse import OutputReuse
 
 CODEC_NICENESS = 10
 AUTOGROUP_NICENESS = 19
@@ -128,32 +129,66 @@ class CodecPool:
 
 class ImageProcessor:
     def __init__(self, settings: Settings, fetcher: SafeFetcher, codec: CodecPool,
-                 store: OutputStore) -> None:
+                 store: OutputStore, reuse: OutputReuse | None = None) -> None:
         self._settings = settings
         self._fetcher = fetcher
         self._codec = codec
         self._store = store
+        self._reuse = reuse
 
     async def process(self, job: ImageJob, *,
                       before_encoding: Callable[[], Awaitable[bool]] | None = None,
                       ) -> ImageOutcome:
         """Raises TransientFailure for faults a later attempt may not meet.
 
-        ``before_encoding`` runs once the source is downloaded, before the codec gets it; when
-        it answers False (the image is unknown or already settled) nothing is encoded.
+        ``before_encoding`` runs once the source is downloaded (or known unchanged), before
+        the codec gets it; when it answers False (the image is unknown or already settled)
+        nothing is encoded.
         """
+        options = transform_options(job, self._settings)
+        reuse = self._reuse
+        earlier = await reuse.earlier(job.url, options) if reuse is not None else None
+        fetched = await self._fetch(
+            job.url, reuse.conditional_headers(earlier) if reuse and earlier else None)
+        if isinstance(fetched, ImageFailure):
+            return fetched
         try:
-            fetched = await self._fetcher.fetch(job.url)
+            if fetched.not_modified:
+                assert reuse is not None and earlier is not None
+                if before_encoding is not None and not await before_encoding():
+                    return ImageFailure(reason="image is not open for processing",
+                                        bytes_in=earlier.known.output.bytes_in)
+                reused = await reuse.reuse_unmodified(earlier, job)
+                if reused is not None:
+                    return reused
+                fetched = await self._fetch(job.url, None)  # the earlier output is gone
+                if isinstance(fetched, ImageFailure):
+                    return fetched
+            if before_encoding is not None and not await before_encoding():
+                return ImageFailure(reason="image is not open for processing",
+                                    bytes_in=len(fetched.content))
+            source = fetched.content
+            if reuse is None:
+                return await self._encode(job, options, source)
+            return await reuse.encode_once(job, options, fetched,
+                                           lambda: self._encode(job, options, source))
+        except StorageUnavailable as error:
+            raise TransientFailure(error.reason) from None
+
+    async def _fetch(self, url: str,
+                     conditional: dict[str, str] | None) -> FetchedImage | ImageFailure:
+        try:
+            return await self._fetcher.fetch(url, conditional=conditional)
         except FetchError as error:
             if error.transient:
                 raise TransientFailure(error.reason) from None
             return ImageFailure(reason=error.reason)
-        bytes_in = len(fetched.content)
-        if before_encoding is not None and not await before_encoding():
-            return ImageFailure(reason="image is not open for processing", bytes_in=bytes_in)
+
+    async def _encode(self, job: ImageJob, options: TransformOptions,
+                      source: bytes) -> ImageOutcome:
+        bytes_in = len(source)
         try:
-            stored = await self._codec.transform_and_store(
-                fetched.content, transform_options(job, self._settings), self._store, job)
+            stored = await self._codec.transform_and_store(source, options, self._store, job)
         except DecodeError as error:
             return ImageFailure(reason=error.reason, bytes_in=bytes_in)
         return ImageSuccess(output_path=stored.relative_path, bytes_in=bytes_in,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -47,11 +47,17 @@ class FetchPolicy:
 
 @dataclass(frozen=True)
 class FetchedImage:
-    """A downloaded body; ``url`` is the final URL after redirects."""
+    """A downloaded body; ``url`` is the final URL after redirects.
+
+    ``not_modified``: a conditional fetch was answered 304 and ``content`` is empty.
+    """
 
     url: str
     content: bytes
     content_type: str | None
+    etag: str | None = None
+    last_modified: str | None = None
+    not_modified: bool = False
 
 
 class SafeFetcher:
@@ -112,11 +118,16 @@ class SafeFetcher:
     async def aclose(self) -> None:
         await self._transport.aclose()
 
-    async def fetch(self, url: str) -> FetchedImage:
-        """Download ``url``; raise ``FetchError`` saying why and whether a retry may help."""
+    async def fetch(self, url: str, *,
+                    conditional: Mapping[str, str] | None = None) -> FetchedImage:
+        """Download ``url``; raise ``FetchError`` saying why and whether a retry may help.
+
+        ``conditional`` headers (``If-None-Match``, ``If-Modified-Since``) make a 304 answer
+        a success: a FetchedImage with ``not_modified`` set and no content.
+        """
         try:
             async with asyncio.timeout(self._policy.timeout_seconds):
-                return await self._follow_redirects(url)
+                return await self._follow_redirects(url, conditional)
         except FetchError:
             raise
         except TimeoutError:
@@ -126,16 +137,25 @@ class SafeFetcher:
         except Exception as exc:
             raise _classify(exc) from exc
 
-    async def _follow_redirects(self, url: str) -> FetchedImage:
+    async def _follow_redirects(self, url: str,
+                                conditional: Mapping[str, str] | None) -> FetchedImage:
         _check_url(url, redirect=False)
         target = httpx.URL(url)
+        headers = self._headers
+        if conditional:
+            headers = self._headers.copy()
+            headers.update(conditional)
         for _ in range(self._policy.max_redirects + 1):
-            request = httpx.Request("GET", target, headers=self._headers,
+            request = httpx.Request("GET", target, headers=headers,
                                     extensions={"timeout": self._timeouts})
             response = await self._transport.handle_async_request(request)
             try:
                 location = _redirect_location(response)
                 if location is None:
+                    if conditional and response.status_code == 304:
+                        await _discard_short_body(response)
+                        return FetchedImage(url=str(target), content=b"", content_type=None,
+                                            not_modified=True)
                     return await self._read_image(target, response)
                 await _discard_short_body(response)
                 target = _redirect_target(target, location)
@@ -165,7 +185,8 @@ class SafeFetcher:
                 raise too_large
             chunks.append(chunk)
         return FetchedImage(url=str(url), content=b"".join(chunks),
-                            content_type=content_type)
+                            content_type=content_type, etag=response.headers.get("ETag"),
+                            last_modified=response.headers.get("Last-Modified"))
 
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})

@@ -110,6 +110,25 @@ class S3Store:
             raise StorageUnavailable(f"object storage upload failed: {_describe(error)}"
                                      ) from None
 
+    def copy(self, source_path: str, relative_path: str) -> bool:
+        """Blocking: a server-side copy (no bytes through this process), with the source's
+        content type and cache headers; False when the source object is gone."""
+        if source_path == relative_path:
+            return True
+        try:
+            s3_client(self.endpoint_url).copy_object(
+                Bucket=self.bucket, Key=self.key(relative_path), MetadataDirective="COPY",
+                CopySource={"Bucket": self.bucket, "Key": self.key(source_path)})
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return False
+            raise StorageUnavailable(f"object storage copy failed: {_describe(error)}"
+                                     ) from None
+        except BotoCoreError as error:
+            raise StorageUnavailable(f"object storage copy failed: {_describe(error)}"
+                                     ) from None
+        return True
+
     def check(self) -> None:
         """Blocking: fail at start, with the reason, when the bucket cannot be written."""
         try:

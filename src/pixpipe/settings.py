@@ -135,6 +135,11 @@ class Settings(BaseSettings):
     retention_interval_seconds: float = Field(default=3600.0, gt=0, description="How often "
                                               "a notifier looks for expired requests.")
 
+    # Content-addressed reuse: the same source bytes with the same options are encoded once.
+    reuse_outputs: bool = Field(default=True, description="Reuse the output of an identical "
+                                "source and options (docs/design.md), and re-fetch repeated "
+                                "URLs conditionally.")
+
     log_level: str = "INFO"
 
     @field_validator("job_retry_backoff_seconds", "webhook_retry_schedule", mode="before")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Protocol
@@ -17,6 +18,10 @@ class OutputStore(Protocol):
     def relative_path(self, request_id: str, image_id: str, extension: str) -> str: ...
 
     def write(self, relative_path: str, data: bytes) -> None: ...
+
+    def copy(self, source_path: str, relative_path: str) -> bool:
+        """Blocking: store a copy of an existing output; False when that output is gone."""
+        ...
 
 
 def s3_store_from_settings(settings: Settings) -> S3Store | None:
@@ -48,6 +53,31 @@ class ImageStore:
     def write(self, relative_path: str, data: bytes) -> None:
         """Blocking: the codec processes call it, off any event loop."""
         self._write_atomically(self.absolute_path(relative_path), data)
+
+    def copy(self, source_path: str, relative_path: str) -> bool:
+        """A hard link (no bytes copied; a plain copy across file systems), renamed into
+        place, so a retried job still replaces only its own name and deleting one request's
+        directory leaves every other link intact."""
+        source, target = self.absolute_path(source_path), self.absolute_path(relative_path)
+        if source == target:
+            return source.exists()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.link")
+        try:
+            try:
+                os.link(source, temporary)
+            except FileExistsError:
+                temporary.unlink()
+                os.link(source, temporary)
+            except OSError as error:
+                if isinstance(error, FileNotFoundError):
+                    raise
+                shutil.copyfile(source, temporary)
+            os.replace(temporary, target)
+        except FileNotFoundError:
+            temporary.unlink(missing_ok=True)
+            return False
+        return True
 
     @staticmethod
     def _write_atomically(target: Path, data: bytes) -> None:

@@ -1,4 +1,4 @@
-"""SQLAlchemy models: requests, their products and images, and webhook deliveries."""
+"""SQLAlchemy models: requests, their products and images, webhook deliveries, reusable outputs."""
 
 from __future__ import annotations
 
@@ -156,3 +156,51 @@ class WebhookAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     notifier: Mapped[str] = mapped_column(String(128))
+
+
+class ContentOutput(Base):
+    """An encoded output reusable by any image whose source bytes and options hash to
+    ``content_key`` (services/worker/reuse.py). It names one stored object, owned by the
+    request whose image it is: when retention deletes that request the row goes with it."""
+
+    __tablename__ = "content_outputs"
+
+    content_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"),
+                                            index=True)
+    output_path: Mapped[str] = mapped_column(Text)
+    bytes_in: Mapped[int] = mapped_column(BigInteger)
+    bytes_out: Mapped[int] = mapped_column(BigInteger)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    quality_used: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    encoder: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    effort: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SourceValidator(Base):
+    """What a source URL last answered (its ETag and Last-Modified) and the content it had,
+    so a repeat is fetched conditionally; keyed by a hash of the URL and the options."""
+
+    __tablename__ = "source_validators"
+
+    lookup_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    content_key: Mapped[str] = mapped_column(String(64))
+    etag: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_modified: Mapped[str | None] = mapped_column(Text, nullable=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"),
+                                            index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ContentClaim(Base):
+    """A worker encoding ``content_key`` now: others wait for its output rather than encode
+    the same source too. Deleted when the encode ends; a claim older than the worker's
+    limit is taken over (its worker died)."""
+
+    __tablename__ = "content_claims"
+
+    content_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -172,6 +172,12 @@ class Repository:
     def close(self) -> None:
         self._writes.dispose()
 
+    @property
+    def writes(self) -> TransactionRunner:
+        """This process's write transactions, for other modules' writes to join (on SQLite
+        a second writer would wait on the database lock with sleeps)."""
+        return self._writes
+
     async def create_request(
         self,
         parsed: ParsedCsv,
