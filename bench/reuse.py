@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=60, help="URLs per catalogue (60)")
     parser.add_argument("--repeats", type=float, default=0.3,
                         help="share of the URLs that repeat an earlier one (0.3)")
-    parser.add_argument("--rounds", type=int, default=2, help="catalogues per stack (2)")
+    parser.add_argument("--rounds", type=int, default=3, help="catalogues per stack (3)")
     parser.add_argument("--workers", type=int, default=2, help="workers per stack (2)")
     parser.add_argument("--seed", type=int, default=15)
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
