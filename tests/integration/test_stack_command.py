@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,3 +169,30 @@ def test_supervisor_restarts_a_crashing_service_with_backoff_reset_after_a_stabl
     assert "restarting it in 4.0 s (4 crashes in a row)" in reports[3]
     assert "crasher restarted (pid" in reports[3]
     assert "restarting it in 1.0 s\n" in after_a_stable_run
+
+
+def test_services_stop_when_the_stack_process_dies_without_cleaning_up() -> None:
+    """A stack killed outright (or a test runner crashing past its clean-up) leaves no
+    services behind to pull jobs from a shared queue."""
+    script = (
+        "import subprocess, sys, os\n"
+        "from pixpipe.stack import _stop_when_the_stack_dies\n"
+        "child = subprocess.Popen(['sleep', '120'], start_new_session=True,\n"
+        "                         stdout=subprocess.DEVNULL,\n"
+        "                         preexec_fn=_stop_when_the_stack_dies)\n"
+        "print(child.pid, flush=True)\n"
+        "os._exit(0)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, check=True)
+    orphan = int(result.stdout.strip())
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{orphan}").exists() and "Z" not in _state(orphan):
+        assert time.monotonic() < deadline, "the service outlived its stack"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
