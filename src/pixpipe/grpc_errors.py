@@ -37,9 +37,26 @@ def bad_request_status(message: str,
     return rpc_status.to_status(detail)
 
 
+# Error details travel base64-encoded in a trailer, and gRPC clients refuse response metadata
+# past 16 KB by default (the call then fails RESOURCE_EXHAUSTED, not INVALID_ARGUMENT): the
+# faults listed stop at this many bytes, and one more violation counts the rest.
+MAX_VIOLATION_BYTES = 8 * 1024
+
+
 def status_for_csv_error(error: CsvValidationError) -> grpc.Status:
-    return bad_request_status(f"CSV refused: {error}",
-                              [fault_to_violation(fault) for fault in error.faults])
+    violations: list[error_details_pb2.BadRequest.FieldViolation] = []
+    room = MAX_VIOLATION_BYTES
+    for fault in error.faults:
+        violation = fault_to_violation(fault)
+        room -= violation.ByteSize() + 4  # the field's tag and length
+        if room < 0:
+            left = len(error.faults) - len(violations)
+            violations.append(fault_to_violation(CsvFault(
+                line=0, column=0, field="",
+                reason=f"{left} more faults not listed here; fix these and upload again")))
+            break
+        violations.append(violation)
+    return bad_request_status(f"CSV refused: {error}", violations)
 
 
 def status_for_option_error(error: InvalidOptionError) -> grpc.Status:

@@ -159,3 +159,22 @@ async def test_input_that_amplifies_is_refused_with_line_and_column(
         await server.stop(0)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [item.field for item in bad_request_details(refused.value)] == [violation]
+
+
+async def test_a_file_with_a_thousand_faults_is_refused_as_invalid_not_oversized(
+        make_settings: Callable[..., Settings], repository: Repository, bus: Bus) -> None:
+    """Every fault listed would pass the 16 KB of trailers gRPC clients accept by default,
+    turning the refusal into RESOURCE_EXHAUSTED: the first ones are listed, the rest counted."""
+    csv = HEADER + "\n" + "".join(f"x{n},P{n},{URL}\n" for n in range(1, 1200))
+    server = await serve_ingest(make_settings(), repository, bus)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await upload(f"127.0.0.1:{server.port}", csv.encode(), chunk_size=64 * 1024)
+    finally:
+        await server.stop(0)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    violations = bad_request_details(refused.value)
+    assert 20 < len(violations) < 200
+    assert violations[0].field == "2:1:S. No."
+    assert violations[-1].field == "0:0:"
+    assert "more faults not listed" in violations[-1].description
