@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.server
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -36,20 +35,16 @@ from pathlib import Path
 
 import grpc
 import httpx
-from rich.console import Console
 from rich.table import Table
 
 from bench import cpu
 from bench.corpus import serving
-from bench.pipeline import BenchError, StackClient, bench_settings, print_logs
+from bench.harness import BenchError, console, fresh_database, run_benchmark
+from bench.pipeline import StackClient, bench_settings
 from bench.stats import percentile
 from pixpipe.settings import Settings
 from pixpipe.stack import Stack
 from pixpipe.v1 import status_pb2, status_pb2_grpc
-
-console = Console(highlight=False)
-if not console.is_terminal:
-    console.width = max(console.width, 110)
 
 _TERMINAL = (status_pb2.REQUEST_STATE_COMPLETED, status_pb2.REQUEST_STATE_FAILED)
 _CHUNK_BYTES = 256 * 1024
@@ -266,34 +261,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     args = parser.parse_args(argv)
-    database = os.environ.get("PIXPIPE_BENCH_DATABASE_URL")
-    data_dir = Path(tempfile.mkdtemp(prefix="pixpipe-catalogue-"))
-    log_dir = data_dir / "logs"
-    settings, environment = bench_settings(data_dir)
-    if database:
-        environment["PIXPIPE_DATABASE_URL"] = database
-        settings = settings.model_copy(update={"database_url": database})
-    environment.setdefault("PIXPIPE_WEBHOOK_SECRET", "whsec_" + "YmVuY2htYXJr" * 3)
-    report = Report()
-    title = f"catalogue of {args.images:,} images on {'PostgreSQL' if database else 'SQLite'}"
-    console.print(f"{title}; data in {data_dir}")
-    failed = True
-    try:
-        with serving([]) as origin:
-            measure(settings, environment, log_dir, origin, args.images, report)
+    server = os.environ.get("PIXPIPE_BENCH_DATABASE_URL")
+    title = f"catalogue of {args.images:,} images on {'PostgreSQL' if server else 'SQLite'}"
+
+    def run(data_dir: Path) -> None:
+        settings, environment = bench_settings(data_dir)
+        console.print(f"{title}; data in {data_dir}")
+        report = Report()
+        with contextlib.ExitStack() as cleanup:
+            if server:
+                database = cleanup.enter_context(fresh_database(server))
+                environment["PIXPIPE_DATABASE_URL"] = database
+                settings = settings.model_copy(update={"database_url": database})
+            origin = cleanup.enter_context(serving([]))
+            measure(settings, environment, data_dir / "logs", origin, args.images, report)
         report.print(title)
-        failed = False
-        return 0
-    except (BenchError, grpc.RpcError, httpx.HTTPError, RuntimeError, TimeoutError) as error:
-        console.print(f"[red]benchmark broke:[/red] {error}")
-        if log_dir.exists():
-            print_logs(log_dir)
-        return 1
-    finally:
-        if failed or args.keep:
-            console.print(f"data directory kept: {data_dir}")
-        else:
-            shutil.rmtree(data_dir, ignore_errors=True)
+
+    return run_benchmark("pixpipe-catalogue-", run, keep=args.keep)
 
 
 if __name__ == "__main__":

@@ -22,24 +22,20 @@ import argparse
 import asyncio
 import contextlib
 import os
-import shutil
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import asyncpg
 import grpc
 import httpx
 import nats
-from rich.console import Console
 from rich.table import Table
-from sqlalchemy.engine import make_url
 
-from bench.pipeline import BenchError, bench_settings, print_logs
+from bench.harness import BenchError, console, fresh_database, run_benchmark
+from bench.pipeline import bench_settings
 from pixpipe.bus import JOBS_STREAM, Bus
 from pixpipe.csv_input import parse_products_csv
 from pixpipe.db.engine import create_engine, session_factory
@@ -55,9 +51,6 @@ TARGET_PEAK_RSS_MB = 300
 _CHUNK_BYTES = 256 * 1024
 _PER_PRODUCT = 5
 
-console = Console(highlight=False)
-if not console.is_terminal:
-    console.width = max(console.width, 110)
 
 
 def catalogue_csv(images: int, *, url_padding: int = 0, description: int = 0) -> bytes:
@@ -111,28 +104,6 @@ def proc_status(pid: int, field: str) -> float:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def _admin(server_url: str, statement: str) -> None:
-    url = make_url(server_url)
-    connection = await asyncpg.connect(
-        host=url.host or "127.0.0.1", port=url.port or 5432, user=url.username or "postgres",
-        password=url.password, database=url.database or "postgres")
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
-@contextmanager
-def fresh_database(server_url: str) -> Iterator[str]:
-    """A new database on the PostgreSQL server of ``server_url``, dropped afterwards."""
-    name = f"pixpipe_bench_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def purge_jobs(nats_url: str) -> None:
@@ -260,29 +231,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.images < 1 or args.repeat < 1:
         parser.error("--images and --repeat must be positive")
     server = os.environ.get("PIXPIPE_BENCH_DATABASE_URL")
-    data_dir = Path(tempfile.mkdtemp(prefix="pixpipe-bench-ingest-"))
-    log_dir = data_dir / "logs"
-    settings, environment = bench_settings(data_dir)
-    failed = True
-    try:
+
+    def run(data_dir: Path) -> None:
+        settings, environment = bench_settings(data_dir)
         with contextlib.ExitStack() as cleanup:
             if server:
                 database = cleanup.enter_context(fresh_database(server))
                 environment["PIXPIPE_DATABASE_URL"] = database
                 settings = settings.model_copy(update={"database_url": database})
-            measure(settings, environment, log_dir, args, "PostgreSQL" if server else "SQLite")
-        failed = False
-        return 0
-    except (BenchError, grpc.RpcError, httpx.HTTPError, RuntimeError, TimeoutError) as error:
-        console.print(f"[red]benchmark broke:[/red] {error}")
-        if log_dir.exists():
-            print_logs(log_dir)
-        return 1
-    finally:
-        if failed or args.keep:
-            console.print(f"data directory kept: {data_dir}")
-        else:
-            shutil.rmtree(data_dir, ignore_errors=True)
+            measure(settings, environment, data_dir / "logs", args,
+                    "PostgreSQL" if server else "SQLite")
+
+    return run_benchmark("pixpipe-bench-ingest-", run, keep=args.keep)
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -24,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from rich.console import Console
 from rich.table import Table
 
 from bench import cpu
 from bench.corpus import Photo, corpus_dir, cycle, load_photos, products_csv, serving
+from bench.harness import BenchError, console, run_benchmark
 from bench.profiled_worker import EXPERIMENTS, EXPERIMENTS_VARIABLE
 from bench.stages import ProfiledStack, print_stages
 from pixpipe.codec import TransformOptions, TransformResult, transform_image
@@ -47,15 +45,6 @@ _CHUNK_BYTES = 256 * 1024
 _TERMINAL = (status_pb2.REQUEST_STATE_COMPLETED, status_pb2.REQUEST_STATE_FAILED)
 # The worker count `make run` starts: Stack's and pixpipe-stack's default.
 DEFAULT_WORKERS = Stack(settings=Settings()).workers
-
-console = Console(highlight=False)
-if not console.is_terminal:
-    console.width = max(console.width, 110)  # a log file: keep the tables on one line each
-
-
-class BenchError(Exception):
-    """The run itself broke (images failed, a service died, a request never finished)."""
-
 
 @dataclass(frozen=True)
 class Rate:
@@ -367,46 +356,27 @@ def report(raw: list[Rate], runs: list[PipelineRun], workers: int) -> float:
     return ratio
 
 
-def print_logs(log_dir: Path, tail: int = 3000) -> None:
-    for path in sorted(log_dir.glob("*.log")):
-        text = path.read_text(errors="replace")[-tail:]
-        console.print(f"[bold]--- {path.name}[/bold] (last {tail} characters)", markup=True)
-        console.print(text, markup=False, soft_wrap=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     photos = load_photos(corpus_dir())
     images = cycle(photos, args.images)
-    data_dir = Path(tempfile.mkdtemp(prefix="pixpipe-bench-"))
-    log_dir = data_dir / "logs"
-    settings, environment = bench_settings(data_dir)
     processes = os.cpu_count() or 1
-    failed = True
-    try:
+
+    def run(data_dir: Path) -> None:
+        settings, environment = bench_settings(data_dir)
         console.print(f"{args.images} images cycling over {len(photos)} photos; "
                       f"{processes} cores; data in {data_dir}")
         raw_pillow = RawPillow([photo.data for photo in images], transform_options(settings),
                                processes)
         try:
             with serving(photos) as base_url:
-                raw, runs = measure(settings, environment, log_dir, base_url, photos,
-                                    raw_pillow, args)
+                raw, runs = measure(settings, environment, data_dir / "logs", base_url,
+                                    photos, raw_pillow, args)
         finally:
             raw_pillow.close()
         report(raw, runs, args.workers)
-        failed = False
-        return 0
-    except (BenchError, grpc.RpcError, RuntimeError, TimeoutError) as error:
-        console.print(f"[red]benchmark broke:[/red] {error}")
-        if log_dir.exists():
-            print_logs(log_dir)
-        return 1
-    finally:
-        if failed or args.keep:
-            console.print(f"data directory kept: {data_dir}")
-        else:
-            shutil.rmtree(data_dir, ignore_errors=True)
+
+    return run_benchmark("pixpipe-bench-", run, keep=args.keep)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,9 @@ import argparse
 import asyncio
 import hashlib
 import random
-import shutil
 import statistics
 import struct
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -33,13 +31,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-from rich.console import Console
 from rich.table import Table
 
 from bench import cpu
 from bench.corpus import URLS_PER_PRODUCT, corpus_dir
-from bench.pipeline import BenchError, StackClient, bench_settings, print_logs
+from bench.harness import BenchError, console, run_benchmark
+from bench.pipeline import StackClient, bench_settings
 from pixpipe.settings import Settings
 from pixpipe.stack import Stack
 from pixpipe.v1 import status_pb2
@@ -48,9 +45,6 @@ TARGET_SPEEDUP = 1.3
 POLL_SECONDS = 0.2
 _TERMINAL = (status_pb2.REQUEST_STATE_COMPLETED, status_pb2.REQUEST_STATE_FAILED)
 
-console = Console(highlight=False)
-if not console.is_terminal:
-    console.width = max(console.width, 110)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -342,26 +336,15 @@ def report(args: argparse.Namespace, runs: dict[str, list[Run]], again: Run,
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     origin = Origin(load_product_photos())
-    root = Path(tempfile.mkdtemp(prefix="pixpipe-bench-reuse-"))
-    failed = True
-    try:
+
+    def run(root: Path) -> None:
         console.print(f"{args.images} URLs per catalogue, {args.repeats:.0%} repeats, "
                       f"{args.rounds} rounds; data in {root}")
         with serving(origin) as base_url:
             runs, again = measure(args, base_url, root)
         report(args, runs, again, origin)
-        failed = False
-        return 0
-    except (BenchError, grpc.RpcError, RuntimeError, TimeoutError) as error:
-        console.print(f"[red]benchmark broke:[/red] {error}")
-        for log_dir in root.glob("*/logs"):
-            print_logs(log_dir)
-        return 1
-    finally:
-        if failed or args.keep:
-            console.print(f"data kept: {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+
+    return run_benchmark("pixpipe-bench-reuse-", run, keep=args.keep)
 
 
 if __name__ == "__main__":
