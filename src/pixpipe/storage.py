@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Protocol
 
@@ -62,21 +63,21 @@ class ImageStore:
         if source == target:
             return source.exists()
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.link")
+        # A name of its own per call: two copies to one target (a job redelivered while its
+        # first attempt still copies) must not unlink or rename each other's link.
+        temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.link")
         try:
             try:
                 os.link(source, temporary)
-            except FileExistsError:
-                temporary.unlink()
-                os.link(source, temporary)
-            except OSError as error:
-                if isinstance(error, FileNotFoundError):
-                    raise
-                shutil.copyfile(source, temporary)
+            except FileNotFoundError:
+                return False
+            except OSError:
+                shutil.copyfile(source, temporary)  # another file system: copy the bytes
             os.replace(temporary, target)
         except FileNotFoundError:
-            temporary.unlink(missing_ok=True)
             return False
+        finally:
+            temporary.unlink(missing_ok=True)  # gone already after a successful rename
         return True
 
     @staticmethod

@@ -143,7 +143,13 @@ async def check_nothing_lost(stack: RunningStack, request_id: str, expected_tota
     files = list((stack.settings.images_dir / request_id).glob("*.*"))
     per_image = Counter(path.stem for path in files)
     duplicated = (int(rows or 0) - expected_total) + sum(n - 1 for n in per_image.values())
-    assert len(files) == status.completed, "one file per completed image, no strays"
+    completed_ids = {image.image_id for image in status.images
+                     if image.status == status_pb2.IMAGE_STATE_COMPLETED}
+    strays = sorted(path.name for path in files if path.stem not in completed_ids)
+    missing = sorted(completed_ids - set(per_image))
+    assert len(files) == status.completed, (
+        f"one file per completed image, no strays: {strays[:5]} not completed, "
+        f"{missing[:5]} without a file")
 
     completions = await completion_events(stack.settings.nats_url or "", request_id)
     duplicated += max(0, completions - 1)
