@@ -11,11 +11,12 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageChops, ImageCms, ImageOps, ImageStat
+from PIL import Image, ImageCms, ImageOps
 
 from pixpipe.codec import OutputFormat, TransformOptions, TransformResult, transform_image
 from pixpipe.errors import DecodeError
 from pixpipe.jpeg_encoders import Effort
+from tests.support.images import decode, mean_difference
 
 PHOTOS = ["rocket.jpg", "hubble_deep_field.jpg", "retina.jpg", "coffee.png", "chelsea.png",
           "astronaut.png", "logo.png", "camera.png"]
@@ -38,18 +39,6 @@ def photos(corpus_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def edge(corpus_dir: Path) -> Path:
     return corpus_dir / "edge"
-
-
-def decode(data: bytes) -> Image.Image:
-    im = Image.open(BytesIO(data))
-    im.load()
-    return im
-
-
-def mean_difference(a: Image.Image, b: Image.Image) -> float:
-    """Mean absolute difference per channel value, 0-255."""
-    diff = ImageChops.difference(a.convert("RGB"), b.convert("RGB"))
-    return sum(ImageStat.Stat(diff).mean) / 3
 
 
 def jpeg_bytes(im: Image.Image, **params: object) -> bytes:

@@ -12,14 +12,9 @@ from pixpipe.codec import TransformOptions, transform_image
 from pixpipe.domain import RequestOptions
 from pixpipe.format_choice import CANDIDATES
 from pixpipe.status_messages import options_from_proto, options_to_proto
+from tests.support.images import decode
 
 ENCODERS = {"webp": "libwebp", "avif": "libavif", "jpeg": "libjpeg-turbo"}
-
-
-def decode(data: bytes) -> Image.Image:
-    im = Image.open(BytesIO(data))
-    im.load()
-    return im
 
 
 def test_the_smallest_format_that_looks_as_good_as_the_jpeg_asked_for(

@@ -6,10 +6,11 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageChops, ImageCms, ImageStat
+from PIL import Image, ImageCms
 
 from pixpipe.codec import TransformOptions, transform_image
 from pixpipe.jpeg_encoders import EFFORTS, Effort
+from tests.support.images import decode, mean_difference
 
 # Two photos keep this quick: one colour, the greyscale one.
 NAMES = ["darkest-hour.jpg", "grey.jpg"]
@@ -18,17 +19,6 @@ NAMES = ["darkest-hour.jpg", "grey.jpg"]
 @pytest.fixture(scope="module")
 def product_photos(corpus_dir: Path) -> Path:
     return corpus_dir / "product-photos"
-
-
-def decode(data: bytes) -> Image.Image:
-    im = Image.open(BytesIO(data))
-    im.load()
-    return im
-
-
-def mean_difference(a: Image.Image, b: Image.Image) -> float:
-    diff = ImageChops.difference(a.convert("RGB"), b.convert("RGB"))
-    return sum(ImageStat.Stat(diff).mean) / 3
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -11,12 +11,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from pixpipe.codec import TransformOptions, transform_image
-
-
-def decode(data: bytes) -> Image.Image:
-    im = Image.open(BytesIO(data))
-    im.load()
-    return im
+from tests.support.images import decode
 
 
 @pytest.mark.parametrize(("box", "size"), [(1024, (1024, 640)), (800, (800, 500)),
