@@ -58,16 +58,20 @@ def test_only_the_ports_in_use_are_reported(listener: int, tmp_path: Path) -> No
     assert occupied_ports(external) == []
 
 
+def run_stack_command(tmp_path: Path, **ports: int) -> subprocess.CompletedProcess[str]:
+    """``make run``'s command on free ports but ``ports`` (e.g. GATEWAY_PORT=...)."""
+    chosen = {name: free_port() for name in (
+        "GATEWAY_PORT", "EMBEDDED_NATS_PORT", "INGEST_PORT", "STATUS_PORT")} | ports
+    environment = {**os.environ, "PIXPIPE_DATA_DIR": str(tmp_path),
+                   **{f"PIXPIPE_{name}": str(port) for name, port in chosen.items()}}
+    environment.pop("PIXPIPE_NATS_URL", None)
+    return subprocess.run([sys.executable, "-m", "pixpipe.stack"], env=environment,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
 def test_stack_command_refuses_a_taken_port_without_a_traceback(
         listener: int, tmp_path: Path) -> None:
-    environment = {**os.environ, "PIXPIPE_DATA_DIR": str(tmp_path),
-                   "PIXPIPE_GATEWAY_PORT": str(listener),
-                   "PIXPIPE_EMBEDDED_NATS_PORT": str(free_port()),
-                   "PIXPIPE_INGEST_PORT": str(free_port()),
-                   "PIXPIPE_STATUS_PORT": str(free_port())}
-    environment.pop("PIXPIPE_NATS_URL", None)
-    result = subprocess.run([sys.executable, "-m", "pixpipe.stack"], env=environment,
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = run_stack_command(tmp_path, GATEWAY_PORT=listener)
 
     assert result.returncode == 2
     assert f"127.0.0.1:{listener} (PIXPIPE_GATEWAY_PORT)" in result.stderr
@@ -86,14 +90,7 @@ def test_an_unset_embedded_nats_port_is_never_reported_taken(
 
 def test_stack_command_refuses_a_taken_embedded_nats_port_that_was_asked_for(
         listener: int, tmp_path: Path) -> None:
-    environment = {**os.environ, "PIXPIPE_DATA_DIR": str(tmp_path),
-                   "PIXPIPE_EMBEDDED_NATS_PORT": str(listener),
-                   "PIXPIPE_GATEWAY_PORT": str(free_port()),
-                   "PIXPIPE_INGEST_PORT": str(free_port()),
-                   "PIXPIPE_STATUS_PORT": str(free_port())}
-    environment.pop("PIXPIPE_NATS_URL", None)
-    result = subprocess.run([sys.executable, "-m", "pixpipe.stack"], env=environment,
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = run_stack_command(tmp_path, EMBEDDED_NATS_PORT=listener)
 
     assert result.returncode == 2
     assert f"already in use: 127.0.0.1:{listener} (PIXPIPE_EMBEDDED_NATS_PORT)" in result.stderr
