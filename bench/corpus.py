@@ -7,7 +7,7 @@ import csv
 import io
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,16 +61,20 @@ def products_csv(base_url: str, photos: list[Photo], count: int) -> bytes:
     return out.getvalue().encode()
 
 
-class _PhotoServer(asyncio.Protocol):
-    """Answers ``GET /photos/<name>`` from prebuilt responses; keep-alive, pipelining.
+# An origin's answer to one request: (method, path without its query, header lines) -> bytes.
+Answer = Callable[[bytes, bytes, list[bytes]], bytes]
 
-    A static origin stands in for the shop's CDN, which costs pixpipe nothing: a few lines of
-    asyncio keep the benchmark's own share of the cores small (http.server parses every
-    request's headers with the email package, which costs more than the serving).
+
+class _Origin(asyncio.Protocol):
+    """An HTTP/1.1 origin in a few lines of asyncio; keep-alive, pipelining.
+
+    It stands in for the shop's CDN, which costs pixpipe nothing: the benchmark's own share of
+    the cores stays small (http.server parses every request's headers with the email package,
+    which costs more than the serving).
     """
 
-    def __init__(self, responses: dict[bytes, bytes]) -> None:
-        self._responses = responses
+    def __init__(self, answer: Answer) -> None:
+        self._answer = answer
         self._buffer = b""
         self._transport: asyncio.Transport | None = None
 
@@ -83,13 +87,31 @@ class _PhotoServer(asyncio.Protocol):
         self._buffer += data
         while (end := self._buffer.find(b"\r\n\r\n")) >= 0:
             head, self._buffer = self._buffer[:end], self._buffer[end + 4:]
-            method, _, rest = head.partition(b" ")
-            target = rest.split(b" ", 1)[0].split(b"?", 1)[0]
-            response = self._responses.get(target) if method == b"GET" else None
-            self._transport.write(response or _NOT_FOUND)
+            request_line, *header_lines = head.split(b"\r\n")
+            method, _, rest = request_line.partition(b" ")
+            path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+            self._transport.write(self._answer(method, path, header_lines))
 
 
-_NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+
+
+@contextmanager
+def serve_http(answer: Answer, *, name: str = "bench-origin") -> Iterator[str]:
+    """Serve ``answer`` on a free loopback port from a thread; yields the base URL."""
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(loop.create_server(
+        lambda: _Origin(answer), "127.0.0.1", 0))
+    thread = threading.Thread(target=loop.run_forever, name=name, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+        loop.close()
 
 
 def _responses(photos: list[Photo]) -> dict[bytes, bytes]:
@@ -101,19 +123,12 @@ def _responses(photos: list[Photo]) -> dict[bytes, bytes]:
 
 @contextmanager
 def serving(photos: list[Photo]) -> Iterator[str]:
-    """Serve ``/photos/<name>`` on a free loopback port from a thread; yields the base URL."""
-    loop = asyncio.new_event_loop()
+    """``GET /photos/<name>`` from prebuilt responses, 404 to anything else."""
     responses = _responses(photos)
-    server = loop.run_until_complete(loop.create_server(
-        lambda: _PhotoServer(responses), "127.0.0.1", 0))
-    thread = threading.Thread(target=loop.run_forever, name="bench-corpus", daemon=True)
-    thread.start()
-    try:
-        port = server.sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
-        server.close()
-        loop.run_until_complete(server.wait_closed())
-        loop.close()
+
+    def answer(method: bytes, path: bytes, _headers: list[bytes]) -> bytes:
+        response = responses.get(path) if method == b"GET" else None
+        return response or NOT_FOUND
+
+    with serve_http(answer, name="bench-corpus") as base_url:
+        yield base_url

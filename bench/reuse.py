@@ -17,24 +17,21 @@ itself breaks.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import random
 import statistics
 import struct
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.table import Table
 
 from bench import cpu
-from bench.corpus import URLS_PER_PRODUCT, corpus_dir
+from bench.corpus import NOT_FOUND, URLS_PER_PRODUCT, corpus_dir, serve_http
 from bench.harness import BenchError, console, run_benchmark
 from bench.pipeline import StackClient, bench_settings
 from pixpipe.settings import Settings
@@ -121,7 +118,7 @@ class Origin:
         body = self.body(path) if method == b"GET" else None
         if body is None:
             self.answers[404] += 1
-            return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+            return NOT_FOUND
         etag = b'"' + hashlib.sha256(body).hexdigest()[:16].encode() + b'"'
         head = (b"ETag: " + etag + b"\r\nLast-Modified: Tue, 01 Dec 2026 00:00:00 GMT\r\n")
         if if_none_match == etag:
@@ -132,44 +129,13 @@ class Origin:
                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
-class _OriginProtocol(asyncio.Protocol):
-    def __init__(self, origin: Origin) -> None:
-        self._origin = origin
-        self._buffer = b""
-        self._transport: asyncio.Transport | None = None
+def serving(origin: Origin) -> AbstractContextManager[str]:
+    def answer(method: bytes, path: bytes, headers: list[bytes]) -> bytes:
+        if_none_match = next((line.split(b":", 1)[1].strip() for line in headers
+                              if line.lower().startswith(b"if-none-match:")), None)
+        return origin.answer(method, path, if_none_match)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        assert self._transport is not None
-        self._buffer += data
-        while (end := self._buffer.find(b"\r\n\r\n")) >= 0:
-            head, self._buffer = self._buffer[:end], self._buffer[end + 4:]
-            request_line, *header_lines = head.split(b"\r\n")
-            method, _, rest = request_line.partition(b" ")
-            path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
-            if_none_match = next((line.split(b":", 1)[1].strip() for line in header_lines
-                                  if line.lower().startswith(b"if-none-match:")), None)
-            self._transport.write(self._origin.answer(method, path, if_none_match))
-
-
-@contextmanager
-def serving(origin: Origin) -> Iterator[str]:
-    loop = asyncio.new_event_loop()
-    server = loop.run_until_complete(loop.create_server(
-        lambda: _OriginProtocol(origin), "127.0.0.1", 0))
-    thread = threading.Thread(target=loop.run_forever, name="bench-origin", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
-        server.close()
-        loop.run_until_complete(server.wait_closed())
-        loop.close()
+    return serve_http(answer)
 
 
 # --- the stacks -----------------------------------------------------------------------------
