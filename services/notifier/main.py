@@ -73,7 +73,8 @@ class Notifier:
         self._deliveries = asyncio.create_task(self.dispatcher.run(self._stop))
         self._gauges = asyncio.create_task(keep_gauges_current(
             self.metrics, self._bus, self.webhooks, self.hub, self._stop))
-        publisher = EventPublisher(self._bus, self.repository)
+        publisher = EventPublisher(self._bus, self.repository,
+                                   public_base_url=settings.public_base_url)
         self._sweeper = asyncio.create_task(republish_completions(
             publisher, self.repository, self._stop))
         self._lost_jobs = asyncio.create_task(keep_sweeping_lost_jobs(

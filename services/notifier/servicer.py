@@ -52,7 +52,7 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
         self._public_base_url = public_base_url
         self._hub = hub
         self._resync_seconds = resync_seconds
-        self.snapshots = SnapshotLoader(repository)
+        self.snapshots = SnapshotLoader(repository, public_base_url=public_base_url)
 
     @staticmethod
     async def _check_id(request_id: str, context: StatusContext) -> None:
@@ -91,7 +91,7 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
             request.request_id, request.page_size, request.page_token, request.status_filter,
             context)
         view = await self._load(request.request_id, context, images=query)
-        return status_pb2.GetStatusResponse(status=request_to_proto(view))
+        return status_pb2.GetStatusResponse(status=request_to_proto(view, self._public_base_url))
 
     async def ListImages(
         self, request: status_pb2.ListImagesRequest, context: StatusContext,
@@ -105,7 +105,7 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no request {request.request_id}")
         assert page is not None
         response = status_pb2.ListImagesResponse(
-            images=[image_to_proto(image) for image in page.images])
+            images=[image_to_proto(image, self._public_base_url) for image in page.images])
         if page.next_after is not None:
             response.next_page_token = encode_page_token(request_id, query.state,
                                                          page.next_after)
@@ -116,7 +116,8 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
     ) -> status_pb2.ListRequestsResponse:
         limit = min(request.limit or 20, 100)
         views = await self._repository.list_requests(limit=limit)
-        return status_pb2.ListRequestsResponse(requests=[request_to_proto(v) for v in views])
+        return status_pb2.ListRequestsResponse(
+            requests=[request_to_proto(view, self._public_base_url) for view in views])
 
     async def ExportCsv(
         self, request: status_pb2.ExportCsvRequest, context: StatusContext,
@@ -161,7 +162,7 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
         if after_version < seen:
             yield snapshot.wire
         if view.counters.status in TERMINAL_REQUEST_STATES:
-            yield completion_event(view)
+            yield completion_event(view, self._public_base_url)
             return
         # Two workers can publish versions out of order; hold a later one briefly for the one
         # before it, and fall back to the database only when the gap does not fill.
@@ -207,7 +208,7 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
             for message in _wire_messages(ready, allow_batches):
                 yield message
             if fresh.counters.status in TERMINAL_REQUEST_STATES:
-                yield completion_event(fresh)
+                yield completion_event(fresh, self._public_base_url)
                 return
 
     async def _full_completion(self, request_id: str,
@@ -217,7 +218,7 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
         if event.completed.images or event.completed.total == 0:
             return event
         latest = await self.snapshots.load(request_id)
-        return completion_event(latest.view) if latest is not None else event
+        return completion_event(latest.view, self._public_base_url) if latest is not None else event
 
 
 def _queued(queue: asyncio.Queue[LiveEvent]) -> list[LiveEvent]:

@@ -28,8 +28,9 @@ class SnapshotLoader:
     events before asking, so whatever such a read misses reaches them as an event.
     """
 
-    def __init__(self, repository: Repository) -> None:
+    def __init__(self, repository: Repository, *, public_base_url: str) -> None:
         self._repository = repository
+        self._public_base_url = public_base_url
         self._running: dict[str, asyncio.Task[Snapshot | None]] = {}
         self._next: dict[str, asyncio.Task[Snapshot | None]] = {}
         self.reads = 0  # database reads done, for tests and metrics
@@ -57,7 +58,8 @@ class SnapshotLoader:
             view = await self._repository.get_request(request_id)
             if view is None:
                 return None
-            return Snapshot(view=view, wire=snapshot_event(view).SerializeToString())
+            wire = snapshot_event(view, self._public_base_url).SerializeToString()
+            return Snapshot(view=view, wire=wire)
         finally:
             if self._running.get(request_id) is this:
                 del self._running[request_id]

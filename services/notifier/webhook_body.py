@@ -40,7 +40,7 @@ async def webhook_body(repository: Repository, request_id: str, *,
     view = await repository.get_request(request_id)
     if view is None:
         return None
-    body = request_to_json(request_to_proto(view))
+    body = request_to_json(request_to_proto(view, public_base_url))
     for internal in ("webhook", "next_page_token"):
         body.pop(internal, None)
     body["links"] = status_links(public_base_url, request_id)
@@ -56,7 +56,7 @@ async def webhook_body(repository: Repository, request_id: str, *,
     room = MAX_BODY_BYTES - _SUMMARY_ROOM_BYTES
     listed: list[dict[str, Any]] = []
     for image in failed.images if failed else []:
-        entry = image_to_json(image_to_proto(image))
+        entry = image_to_json(image_to_proto(image, public_base_url))
         room -= len(_compact(entry).encode()) + 1
         if room < 0:
             break

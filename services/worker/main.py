@@ -40,8 +40,8 @@ async def work(settings: Settings, stop: asyncio.Event) -> None:
     processor = ImageProcessor(settings, fetcher, codec, store, reuse)
     metrics = WorkerMetrics()
     serve_metrics(metrics.registry, settings.bind_host, settings.metrics_port)
-    consumer = JobConsumer(settings, bus, repository, processor,
-                           EventPublisher(bus, repository), metrics)
+    events = EventPublisher(bus, repository, public_base_url=settings.public_base_url)
+    consumer = JobConsumer(settings, bus, repository, processor, events, metrics)
     log.info("worker started: %d jobs at once", settings.worker_concurrency)
     try:
         if reuse is not None:

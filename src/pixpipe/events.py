@@ -24,9 +24,10 @@ def completion_message_id(request_id: str) -> str:
 
 
 class EventPublisher:
-    def __init__(self, bus: Bus, repository: Repository) -> None:
+    def __init__(self, bus: Bus, repository: Repository, *, public_base_url: str) -> None:
         self._bus = bus
         self._repository = repository
+        self._public_base_url = public_base_url
 
     async def image_changed(self, change: ImageChange) -> None:
         """Publish the change, and the completion when this commit finished the request.
@@ -36,7 +37,7 @@ class EventPublisher:
         """
         try:
             await self._bus.publish_event(
-                change.request_id, image_event(change).SerializeToString(),
+                change.request_id, image_event(change, self._public_base_url).SerializeToString(),
                 message_id=f"{change.request_id}.v{change.counters.version}", confirm=False)
         except Exception:
             log.warning("could not publish event for request %s", change.request_id,
@@ -65,11 +66,11 @@ class EventPublisher:
         view = await self._repository.get_request(request_id)
         if view is None:
             return
-        payload = completion_event(view).SerializeToString()
+        payload = completion_event(view, self._public_base_url).SerializeToString()
         if len(payload) > _MAX_COMPLETION_PAYLOAD:
             summary = await self._repository.get_request(request_id, images=None)
             assert summary is not None
-            payload = completion_event(summary).SerializeToString()
+            payload = completion_event(summary, self._public_base_url).SerializeToString()
         await self._bus.publish_event(request_id, payload,
                                       message_id=completion_message_id(request_id))
         await self._bus.announce_completion(request_id)

@@ -59,7 +59,7 @@ async def output_csv_chunks(header: Sequence[str],
 
 def _output_cells(images: Sequence[OutputImage], base: str) -> list[str]:
     done = [image if image.path else OutputImage(None) for image in images]
-    return [",".join(f"{base}{output_url(image.path)}" if image.path else "" for image in done),
+    return [",".join(output_url(image.path, base) or "" for image in done),
             ",".join(_text(image.quality_used) for image in done),
             ",".join(image.encoder or "" for image in done),
             ",".join(_text(None if image.score is None else round(image.score, 1))

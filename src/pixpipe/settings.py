@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 OutputFormat = Literal["jpeg", "webp", "avif"]
@@ -33,8 +33,9 @@ class Settings(BaseSettings):
                                      "SQLite file under the data dir.")
     nats_url: str | None = Field(default=None, description="NATS server URL; default: start "
                                  "the embedded nats-server.")
-    public_base_url: str = Field(default="http://127.0.0.1:8000",
-                                 description="Base of the absolute URLs handed to users.")
+    public_base_url: str = Field(default="", description="Base of the absolute URLs handed "
+                                 "to users (output images, CSV, webhook links); default: the "
+                                 "gateway's own address, http://<bind_host>:<gateway_port>.")
 
     # Network.
     bind_host: str = "127.0.0.1"
@@ -164,6 +165,19 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_public_base_url(cls, data: object) -> object:
+        # Users reach the gateway where it listens unless a proxy in front says otherwise.
+        if isinstance(data, dict) and not data.get("public_base_url"):
+            host = str(data.get("bind_host") or "127.0.0.1")
+            if host in ("0.0.0.0", "::", ""):  # noqa: S104  (compared with, never bound to)
+                host = "127.0.0.1"
+            port = data.get("gateway_port") or 8000
+            return {**data, "public_base_url":
+                    f"http://{f'[{host}]' if ':' in host else host}:{port}"}
+        return data
 
     @property
     def resolved_database_url(self) -> str:

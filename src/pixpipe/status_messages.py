@@ -56,8 +56,10 @@ EFFORTS_FROM_PROTO: dict[int, Effort] = {value: key for key, value in EFFORTS_TO
 PROCESSED_IMAGES_ROUTE = "/processed_images"
 
 
-def output_url(output_path: str | None) -> str | None:
-    return f"{PROCESSED_IMAGES_ROUTE}/{output_path}" if output_path else None
+def output_url(output_path: str | None, base_url: str) -> str | None:
+    """The absolute address users fetch an output at: the gateway's route, which serves the
+    file or redirects to the object in the bucket."""
+    return f"{base_url.rstrip('/')}{PROCESSED_IMAGES_ROUTE}/{output_path}" if output_path else None
 
 
 def timestamp(moment: datetime) -> Timestamp:
@@ -105,14 +107,14 @@ def options_from_proto(message: options_pb2.ProcessingOptions) -> RequestOptions
     )
 
 
-def image_to_proto(image: ImageView) -> status_pb2.ImageStatus:
+def image_to_proto(image: ImageView, base_url: str) -> status_pb2.ImageStatus:
     message = status_pb2.ImageStatus(
         image_id=image.image_id, serial_number=image.serial_number,
         product_name=image.product_name, input_url=image.input_url,
         status=_IMAGE_STATES[image.status], bytes_in=image.bytes_in or 0,
         bytes_out=image.bytes_out or 0, position=image.position,
     )
-    url = output_url(image.output_path)
+    url = output_url(image.output_path, base_url)
     if url is not None:
         message.output_url = url
     if image.error is not None:
@@ -128,12 +130,12 @@ def image_to_proto(image: ImageView) -> status_pb2.ImageStatus:
     return message
 
 
-def request_to_proto(view: RequestView) -> status_pb2.RequestStatus:
+def request_to_proto(view: RequestView, base_url: str) -> status_pb2.RequestStatus:
     counters = view.counters
     message = status_pb2.RequestStatus(
         request_id=view.request_id, status=_REQUEST_STATES[counters.status],
         total=counters.total, completed=counters.completed, failed=counters.failed,
-        images=[image_to_proto(image) for image in view.images],
+        images=[image_to_proto(image, base_url) for image in view.images],
         options=options_to_proto(view.options), file_name=view.file_name,
         version=counters.version,
         in_progress=max(counters.total - counters.completed - counters.failed, 0),
@@ -156,31 +158,32 @@ def request_to_proto(view: RequestView) -> status_pb2.RequestStatus:
     return message
 
 
-def image_event(change: ImageChange) -> status_pb2.WatchStatusResponse:
+def image_event(change: ImageChange, base_url: str) -> status_pb2.WatchStatusResponse:
     counters: RequestCounters = change.counters
     event = status_pb2.WatchStatusResponse(request_id=change.request_id,
                                            version=counters.version)
     event.emitted_at.FromNanoseconds(time.time_ns())  # GetCurrentTime goes via datetime
     event.image.CopyFrom(status_pb2.ImageEvent(
-        image=image_to_proto(change.image), request_status=_REQUEST_STATES[counters.status],
+        image=image_to_proto(change.image, base_url),
+        request_status=_REQUEST_STATES[counters.status],
         total=counters.total, completed=counters.completed, failed=counters.failed,
     ))
     return event
 
 
-def completion_event(view: RequestView) -> status_pb2.WatchStatusResponse:
+def completion_event(view: RequestView, base_url: str) -> status_pb2.WatchStatusResponse:
     event = status_pb2.WatchStatusResponse(request_id=view.request_id,
                                            version=view.counters.version)
     event.emitted_at.FromNanoseconds(time.time_ns())  # GetCurrentTime goes via datetime
-    event.completed.CopyFrom(request_to_proto(view))
+    event.completed.CopyFrom(request_to_proto(view, base_url))
     return event
 
 
-def snapshot_event(view: RequestView) -> status_pb2.WatchStatusResponse:
+def snapshot_event(view: RequestView, base_url: str) -> status_pb2.WatchStatusResponse:
     event = status_pb2.WatchStatusResponse(request_id=view.request_id,
                                            version=view.counters.version)
     event.emitted_at.FromNanoseconds(time.time_ns())  # GetCurrentTime goes via datetime
-    event.snapshot.CopyFrom(request_to_proto(view))
+    event.snapshot.CopyFrom(request_to_proto(view, base_url))
     return event
 
 

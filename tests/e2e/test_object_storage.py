@@ -47,8 +47,6 @@ def s3_stack(tmp_path_factory: pytest.TempPathFactory, database_url: str,
         # deliveries (a restart took 5 to 20 s here).
         PIXPIPE_JOB_RETRY_BACKOFF_SECONDS="1,2,4,8", PIXPIPE_JOB_MAX_DELIVER="10",
         **own_s3.environment(prefix=PREFIX))
-    environment["PIXPIPE_PUBLIC_BASE_URL"] = (
-        f"http://127.0.0.1:{environment['PIXPIPE_GATEWAY_PORT']}")
     with running_stack(data_dir, environment, workers=2) as running:
         yield running
 
@@ -69,6 +67,8 @@ async def test_products_csv_on_object_storage(s3_stack: RunningStack, own_s3: Se
 
     completed = [image for image in status.images
                  if image.status == status_pb2.IMAGE_STATE_COMPLETED]
+    assert all(image.output_url.startswith(f"{s3_stack.gateway_url}/processed_images/")
+               for image in completed)  # absolute: they work from outside
     async with httpx.AsyncClient(base_url=s3_stack.gateway_url, timeout=30) as client:
         first = await client.get(completed[0].output_url)
         assert first.status_code == 307
@@ -112,7 +112,7 @@ async def test_s3_restart_mid_batch_loses_nothing(s3_stack: RunningStack, own_s3
                                        timeout=150)
     errors = {image.error for image in status.images if image.error}
     assert (status.completed, status.failed) == (60, 0), (errors, s3_stack.logs()[-3000:])
-    expected = {f"{PREFIX}/{image.output_url.removeprefix('/processed_images/')}"
+    expected = {f"{PREFIX}/{image.output_url.split('/processed_images/')[1]}"
                 for image in status.images}
     assert set(own_s3.object_keys(BUCKET, prefix=f"{PREFIX}/{answer.request_id}/")) == expected
     async with httpx.AsyncClient(base_url=s3_stack.gateway_url, timeout=30) as client:

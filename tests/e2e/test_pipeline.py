@@ -60,7 +60,8 @@ async def test_products_csv_over_grpc(stack: RunningStack, corpus_server: Corpus
     for image in status.images:
         if image.status != COMPLETED:
             continue
-        assert image.output_url == f"/processed_images/{answer.request_id}/{image.image_id}.jpg"
+        assert image.output_url == (f"{stack.gateway_url}/processed_images/"
+                                    f"{answer.request_id}/{image.image_id}.jpg")
         stored = stack.settings.images_dir / answer.request_id / f"{image.image_id}.jpg"
         with Image.open(stored) as decoded:
             assert decoded.format == "JPEG"

@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover - CI installs it; see .ci/run
 
 from tests.support.http_server import CorpusHttpServer
 from tests.support.infrastructure import database_for_tests, start_own_nats
+from tests.support.seaweedfs import SeaweedS3
 from tests.support.stack import RunningStack, products_csv, running_stack, stack_settings
 from tests.support.webhook_receiver import WebhookReceiver
 
@@ -309,6 +310,40 @@ async def test_with_an_api_token_the_page_polls_and_sends_it(
     assert any(urlsplit(url).path == f"/status/{request_id}" for url in asked)
     assert not any(url.endswith("/events") for url in asked), "EventSource cannot carry a token"
 
+
+
+@pytest.fixture
+def s3_stack(tmp_path: Path, database_url: str, s3_server: SeaweedS3) -> Iterator[RunningStack]:
+    """A stack of its own (own nats-server, as above) keeping its outputs in SeaweedFS."""
+    nats_server = start_own_nats(tmp_path / "nats")
+    try:
+        environment = stack_settings(tmp_path / "stack", database_url=database_url,
+                                     nats_url=nats_server.url,
+                                     **s3_server.environment(prefix=f"page-{uuid.uuid4().hex}"))
+        with running_stack(tmp_path / "stack", environment, workers=1) as running:
+            yield running
+    finally:
+        nats_server.stop()
+
+
+async def test_the_page_shows_outputs_kept_in_object_storage(
+        s3_stack: RunningStack, s3_server: SeaweedS3, corpus_server: CorpusHttpServer,
+        corpus_dir: Path, tmp_path: Path, page: Page) -> None:
+    """Thumbnails and downloads reach the bucket through the gateway's redirect."""
+    csv_path = tmp_path / "products.csv"
+    csv_path.write_bytes(products_csv(corpus_dir, corpus_server.port))
+    from_bucket: list[str] = []
+    page.on("response", lambda response: from_bucket.append(response.url)
+            if response.url.startswith(s3_server.endpoint_url) and response.ok else None)
+
+    await upload_through_the_page(page, s3_stack.gateway_url, csv_path)
+    await expect_finished_view(page)  # every "after" thumbnail decoded by the browser
+    sources = await page.locator('tr[data-status="completed"] td.after img').evaluate_all(
+        "images => images.map(img => img.src)")
+    assert sources and all(src.startswith(f"{s3_stack.gateway_url}/processed_images/")
+                           for src in sources)
+    assert len(from_bucket) >= len(sources), "thumbnails did not come from the bucket"
+    assert not s3_stack.settings.images_dir.exists()
 
 
 CATALOGUE_IMAGES = 20_000

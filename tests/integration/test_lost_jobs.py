@@ -10,6 +10,7 @@ from pixpipe.db.repository import Repository
 from pixpipe.domain import ImageJob, ImageState, RequestOptions, RequestState, RequestView
 from pixpipe.events import EventPublisher
 from services.notifier.lost_jobs import LOST_JOB_REASON, sweep_lost_jobs_once
+from tests.support.notifier import BASE_URL
 
 CSV = (b"S. No.,Product Name,Input Image Urls\n"
        b'1,Lamp,"https://img.example/a.jpg,https://img.example/b.jpg"\n'
@@ -35,7 +36,7 @@ async def test_a_request_whose_jobs_never_reached_the_queue_is_failed_with_its_w
         repository: Repository, bus: Bus) -> None:
     request_id, image_ids = await record(repository, webhook_url="https://hooks.example/x")
     await repository.note_retry(image_ids[1], "HTTP 503 from source")
-    publisher = EventPublisher(bus, repository)
+    publisher = EventPublisher(bus, repository, public_base_url=BASE_URL)
 
     assert await sweep_lost_jobs_once(bus, repository, publisher, lifetime=NOW) >= 1
 
@@ -52,7 +53,7 @@ async def test_a_request_whose_jobs_never_reached_the_queue_is_failed_with_its_w
 async def test_queued_jobs_keep_their_images_but_a_dead_last_delivery_is_failed(
         repository: Repository, bus: Bus) -> None:
     request_id, image_ids = await record(repository)
-    publisher = EventPublisher(bus, repository)
+    publisher = EventPublisher(bus, repository, public_base_url=BASE_URL)
     # This request's jobs wait in the queue (no worker runs here).
     await bus.publish_jobs([ImageJob(request_id=request_id, image_id=image_id,
                                      url="https://img.example/a.jpg")

@@ -17,7 +17,7 @@ from pixpipe.events import EventPublisher
 from pixpipe.settings import Settings
 from pixpipe.v1 import status_pb2, status_pb2_grpc
 from services.notifier.main import Notifier
-from tests.support.notifier import wait_for_watchers
+from tests.support.notifier import BASE_URL, wait_for_watchers
 from tests.support.stack import read_event, read_rest
 
 CSV = (b"S. No.,Product Name,Input Image Urls\n"
@@ -65,7 +65,7 @@ async def test_a_watcher_receives_each_committed_change(
         notifier: Notifier, repository: Repository, bus: Bus) -> None:
     request_id, jobs = await repository.create_request(
         parse_products_csv(CSV), options=RequestOptions(), webhook_url=None, file_name="w.csv")
-    publisher = EventPublisher(bus, repository)
+    publisher = EventPublisher(bus, repository, public_base_url=BASE_URL)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{notifier.port}") as channel:
         stub = status_pb2_grpc.StatusServiceStub(channel)
         call = stub.WatchStatus(status_pb2.WatchStatusRequest(request_id=request_id),
@@ -130,7 +130,8 @@ async def test_a_completion_left_unpublished_is_published_by_the_sweeper(
     subscription = await bus.client.subscribe(f"pixpipe.events.{request_id}", cb=collect)
     stop = asyncio.Event()
     sweeping = asyncio.create_task(republish_completions(
-        EventPublisher(bus, repository), repository, stop, grace_seconds=0, interval=0.1))
+        EventPublisher(bus, repository, public_base_url=BASE_URL), repository, stop,
+        grace_seconds=0, interval=0.1))
     try:
         payload = await asyncio.wait_for(received.get(), timeout=10)
     finally:

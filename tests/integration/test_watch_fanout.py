@@ -18,7 +18,7 @@ from pixpipe.settings import Settings
 from pixpipe.v1 import status_pb2, status_pb2_grpc
 from services.notifier.main import Notifier
 from services.notifier.snapshots import SnapshotLoader
-from tests.support.notifier import until, wait_for_watchers
+from tests.support.notifier import BASE_URL, until, wait_for_watchers
 from tests.support.stack import read_event, read_rest
 
 IMAGES = 10
@@ -82,7 +82,7 @@ async def test_a_burst_reaches_a_batching_watcher_in_fewer_messages_with_every_e
         await wait_for_watchers(notifier, 2)
 
         changes = await process_all(repository, image_ids)
-        publisher = EventPublisher(bus, repository)
+        publisher = EventPublisher(bus, repository, public_base_url=BASE_URL)
         # Published back to back without yielding: one burst on the wire.
         for change in changes:
             await publisher.image_changed(change)
@@ -131,7 +131,7 @@ async def test_watchers_joining_together_share_one_snapshot_read(
 async def test_a_shared_read_only_serves_callers_that_asked_before_it_began(
         repository: Repository) -> None:
     request_id, image_ids = await new_request(repository)
-    loader = SnapshotLoader(repository)
+    loader = SnapshotLoader(repository, public_base_url=BASE_URL)
 
     together = await asyncio.gather(*(loader.load(request_id) for _ in range(50)))
     assert loader.reads == 1
@@ -185,7 +185,7 @@ async def test_only_watched_requests_reach_the_notifier_and_completions_are_noti
     hub = notifier.hub
     watched, watched_images = await new_request(repository)
     _unwatched, unwatched_images = await new_request(repository)
-    publisher = EventPublisher(bus, repository)
+    publisher = EventPublisher(bus, repository, public_base_url=BASE_URL)
     assert hub.subscribed_requests == 0
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{notifier.port}") as channel:

@@ -7,6 +7,9 @@ from collections.abc import Callable
 
 from services.notifier.main import Notifier
 
+# The public address a notifier or worker under test builds absolute output URLs from.
+BASE_URL = "https://pixpipe.test"
+
 
 async def until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
     """Return once ``condition()`` holds; fail after ``seconds``."""
