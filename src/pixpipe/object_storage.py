@@ -17,6 +17,7 @@ from pixpipe.errors import PixpipeError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import LifecycleRuleTypeDef
 
 # Short timeouts and few attempts of botocore's own: an upload that still fails is handed
 # back to the job queue as a transient fault, whose backoff spans a server restart.
@@ -28,6 +29,8 @@ _CONTENT_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png",
 # One client per process and endpoint: creating one costs ~80 ms, and clients are
 # thread-safe but not picklable, so each codec process makes its own on first use.
 _clients: dict[str | None, S3Client] = {}
+# The bucket lifecycle rule retention keeps: one per prefix would need the prefix in it.
+LIFECYCLE_RULE_ID = "pixpipe-retention"
 
 
 class StorageUnavailable(PixpipeError):
@@ -169,6 +172,34 @@ class S3Store:
                             content_type(relative_path),
                             length=answer.get("ContentLength"), etag=answer.get("ETag"),
                             cache_control=answer.get("CacheControl"), body=answer["Body"])
+
+    def expire_after(self, days: int) -> bool:
+        """Blocking: a bucket lifecycle rule that deletes this prefix's objects ``days`` after
+        they were written, beside the bucket's other rules; False when the server keeps no
+        lifecycle rules (then the batch deletes alone remove outputs)."""
+        client = s3_client(self.endpoint_url)
+        try:
+            try:
+                rules = client.get_bucket_lifecycle_configuration(Bucket=self.bucket)["Rules"]
+            except ClientError as error:
+                code = error.response.get("Error", {}).get("Code")
+                if code != "NoSuchLifecycleConfiguration":
+                    raise
+                rules = []
+            ours: LifecycleRuleTypeDef = {
+                "ID": LIFECYCLE_RULE_ID, "Status": "Enabled", "Expiration": {"Days": days},
+                "Filter": {"Prefix": f"{self.prefix}/" if self.prefix else ""}}
+            others = [rule for rule in rules if rule.get("ID") != LIFECYCLE_RULE_ID]
+            client.put_bucket_lifecycle_configuration(
+                Bucket=self.bucket, LifecycleConfiguration={"Rules": [*others, ours]})
+        except ClientError as error:
+            if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (
+                    400, 405, 501):
+                return False
+            raise StorageUnavailable(_describe(error)) from None
+        except BotoCoreError as error:
+            raise StorageUnavailable(_describe(error)) from None
+        return True
 
     def delete(self, relative_paths: list[str]) -> None:
         """Blocking: up to 1000 objects per call (the S3 batch limit)."""

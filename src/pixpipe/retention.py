@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import shutil
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pixpipe.db.models import ImageRecord, RequestRecord
+from pixpipe.object_storage import StorageUnavailable
 from pixpipe.runtime import sleep_unless_stopped
 from pixpipe.settings import Settings
 from pixpipe.storage import s3_store_from_settings
@@ -66,10 +68,38 @@ async def purge_expired(engine: AsyncEngine, remove_outputs: OutputRemover, *,
         purged += len(request_ids)
 
 
+def lifecycle_days(retention_days: float) -> int:
+    """A day past the purge: an object is written after its request began, so it never
+    expires before its rows are deleted, only when a purge failed to remove it."""
+    return math.ceil(retention_days) + 1
+
+
+async def set_bucket_expiry(settings: Settings) -> bool | None:
+    """The bucket's lifecycle rule as a backstop to the batch deletes (outputs a crashed purge
+    left, objects no row names); None without object storage, False where the server has no
+    lifecycle rules or refused this one."""
+    store = s3_store_from_settings(settings)
+    if store is None or settings.retention_days is None:
+        return None
+    days = lifecycle_days(settings.retention_days)
+    try:
+        applied = await asyncio.to_thread(store.expire_after, days)
+    except StorageUnavailable as error:
+        log.warning("retention: could not set the bucket lifecycle rule (%s); batch deletes "
+                    "only", error.reason)
+        return False
+    if applied:
+        log.info("retention: %s expires objects %d days after they are written", store.url, days)
+    else:
+        log.info("retention: %s keeps no lifecycle rules; batch deletes only", store.url)
+    return applied
+
+
 async def keep_purging(settings: Settings, engine: AsyncEngine, stop: asyncio.Event) -> None:
     """Every ``retention_interval_seconds`` until ``stop``; a failed round is tried again."""
     assert settings.retention_days is not None
     remove_outputs = output_remover(settings)
+    await set_bucket_expiry(settings)
     while not stop.is_set():
         cutoff = datetime.now(UTC) - timedelta(days=settings.retention_days)
         try:
