@@ -4,18 +4,45 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+LOCK := requirements.lock
+# Examples per fuzz test: about 200 a second each here; CI runs a few hundred.
+FUZZ_EXAMPLES ?= 20000
+FUZZ_TIMEOUT ?= 3600
 
 WORKERS ?= 3
 
-.PHONY: postman cluster chaos run test unit integration e2e lint typecheck check protos check-protos bench clean venv
+.PHONY: postman cluster chaos run test unit integration e2e lint typecheck check protos check-protos bench clean venv lock audit fuzz check-contract
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+## Exactly the locked, hash-checked dependencies (dev extra included), then pixpipe itself.
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python scripts/check_lock.py
 	@touch $(STAMP)
+
+## Re-resolve $(LOCK) from pyproject.toml for every platform, with hashes. Pins that still
+## fit are kept; LOCK_ARGS=--upgrade (or --upgrade-package NAME) moves them.
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet 'uv>=0.5,<1'
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+	  --generate-hashes --quiet --output-file $(LOCK) $(LOCK_ARGS)
+
+## Known vulnerabilities in the locked dependencies (pip-audit; fails if it cannot look).
+audit: $(STAMP)
+	./scripts/audit.sh
+
+## Property tests over untrusted input: the CSV reader and the codec (tests/fuzz).
+fuzz: $(STAMP)
+	PIXPIPE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/fuzz -q \
+	  --timeout $(FUZZ_TIMEOUT) --hypothesis-show-statistics $(PYTEST_ARGS)
+
+## buf lint and buf breaking (against HEAD~1, or BUF_AGAINST=<ref>) on protos/.
+check-contract:
+	./scripts/check_contract.sh
 
 ## Start the whole stack (embedded NATS + SQLite unless PIXPIPE_* say otherwise).
 run: $(STAMP)
@@ -74,4 +101,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.reuse
 
 clean:
-	rm -rf $(VENV) pixpipe-data .tools .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) pixpipe-data .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -11,14 +10,13 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pixpipe.database_health import DATABASE_HEALTH_SERVICE
 from pixpipe.settings import Settings
-from pixpipe.v1 import ingest_pb2, status_pb2, status_pb2_grpc
+from pixpipe.v1 import ingest_pb2, status_pb2
 
 CHECK_TIMEOUT_SECONDS = 2.0
 INGEST_SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 STATUS_SERVICE = status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name
-# No request has the nil UUID, so asking for it is a read the database answers NOT_FOUND.
-_PROBE_REQUEST_ID = str(uuid.UUID(int=0))
 _OK = "ok"
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -55,15 +53,15 @@ async def check_readiness(settings: Settings) -> Readiness:
     """Ask the ingest and status services whether they serve, and the database whether it answers.
 
     The services report SERVING only once they are connected to JetStream (they connect
-    before they start listening), and only until they begin to shut down. The database is
-    probed through the status service, which shares it with ingest.
+    before they start listening), and only until they begin to shut down. The status service
+    also reports the database it shares with ingest (``pixpipe.database``), checked every few
+    seconds, so no API token is needed to ask.
     """
-    metadata = (("authorization", f"Bearer {settings.api_token}"),) if settings.api_token else ()
     async with grpc.aio.insecure_channel(settings.resolved_ingest_address) as ingest, \
             grpc.aio.insecure_channel(settings.resolved_status_address) as status:
         ingest_serving, status_serving = await asyncio.gather(
             _outcome(_serving(ingest, INGEST_SERVICE)), _outcome(_serving(status, STATUS_SERVICE)))
-        database = (await _outcome(_database_answers(status, metadata))
+        database = (await _outcome(_serving(status, DATABASE_HEALTH_SERVICE))
                     if status_serving == _OK else "not checked: the status service is not ready")
     return Readiness({"ingest": ingest_serving, "status": status_serving, "database": database})
 
@@ -75,19 +73,6 @@ async def _serving(channel: grpc.aio.Channel, service: str) -> str:
         return _OK
     name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     return name
-
-
-async def _database_answers(channel: grpc.aio.Channel,
-                            metadata: tuple[tuple[str, str], ...]) -> str:
-    try:
-        await status_pb2_grpc.StatusServiceStub(channel).GetStatus(
-            status_pb2.GetStatusRequest(request_id=_PROBE_REQUEST_ID, summary_only=True),
-            metadata=metadata, timeout=CHECK_TIMEOUT_SECONDS)
-    except grpc.aio.AioRpcError as error:
-        if error.code() == grpc.StatusCode.NOT_FOUND:
-            return _OK
-        raise
-    return _OK
 
 
 async def _outcome(check: Awaitable[str]) -> str:

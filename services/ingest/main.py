@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from pixpipe.auth import authenticator_for
 from pixpipe.bus import Bus
 from pixpipe.db.engine import engine_from_settings, session_factory
 from pixpipe.db.repository import Repository
@@ -24,10 +25,11 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     bus = await Bus.connect(settings, name="pixpipe-ingest")
     metrics = IngestMetrics()
     serve_metrics(metrics.registry, settings.bind_host, settings.metrics_port)
+    authenticator = authenticator_for(settings, engine)
     server = GrpcServer(host=settings.bind_host, port=settings.ingest_port,
-                        api_token=settings.api_token)
+                        authenticator=authenticator)
     server.add(ingest_pb2_grpc.add_IngestServiceServicer_to_server,
-               IngestServicer(settings, repository, bus, metrics),
+               IngestServicer(settings, repository, bus, metrics, authenticator=authenticator),
                ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name)
     await server.start()
     log.info("ingest listening on %s:%d", settings.bind_host, server.port)

@@ -6,15 +6,19 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import grpc
 from pydantic import ValidationError
 
+from pixpipe.auth import Authenticator, Caller
 from pixpipe.bus import Bus
+from pixpipe.call_limits import CallSlots, abort_exhausted
 from pixpipe.csv_input import CsvLimits, ParsedCsv, read_products_csv
 from pixpipe.db.repository import Repository
 from pixpipe.db.request_writes import RequestNotQueued
@@ -23,7 +27,7 @@ from pixpipe.errors import CsvValidationError, InvalidOptionError
 from pixpipe.grpc_errors import abort_with_status, status_for_csv_error, status_for_option_error
 from pixpipe.job_batch import JobBatch
 from pixpipe.metrics import IngestMetrics
-from pixpipe.net_policy import check_url_syntax
+from pixpipe.net_policy import check_webhook_url
 from pixpipe.settings import Settings
 from pixpipe.status_messages import options_from_proto
 from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc
@@ -36,30 +40,71 @@ _DATABASE_DOWN = "could not be recorded: database unavailable"
 # Chunks received but not yet parsed, at most: a slow parse holds the upload back rather than
 # buffer it (the gateway sends 256 KB chunks: about 4 MB).
 _CHUNKS_AHEAD = 16
+# An upload refused for want of a slot is told to come back after this long.
+_UPLOAD_RETRY_SECONDS = 1
+# An upload past its key's limit of requests under way: one of them may finish by then.
+_KEY_REQUESTS_RETRY_SECONDS = 30
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     def __init__(self, settings: Settings, repository: Repository, bus: Bus,
-                 metrics: IngestMetrics | None = None) -> None:
+                 metrics: IngestMetrics | None = None, *,
+                 authenticator: Authenticator | None = None) -> None:
         self._metrics = metrics or IngestMetrics()
+        self._auth = authenticator or Authenticator.open()
         self._settings = settings
         self._repository = repository
         self._bus = bus
         self._unfinished: set[asyncio.Future[tuple[str, JobBatch]]] = set()
+        # An upload holds its slot from its first message until its request is recorded and
+        # queued, even when its client has hung up by then.
+        self._upload_slots = CallSlots(settings.ingest_max_concurrent_uploads)
         self._limits = CsvLimits(
             max_bytes=settings.max_upload_bytes, max_images=settings.max_images_per_request,
             max_url_length=settings.max_url_length, max_columns=settings.max_csv_columns,
             max_urls_per_product=settings.max_urls_per_product)
+
+    @property
+    def uploads_in_progress(self) -> int:
+        return self._upload_slots.held()
 
     async def Upload(
         self,
         request_iterator: AsyncIterator[ingest_pb2.UploadRequest],
         context: grpc.aio.ServicerContext[ingest_pb2.UploadRequest, ingest_pb2.UploadResponse],
     ) -> ingest_pb2.UploadResponse:
+        if not self._upload_slots.try_take():
+            self._metrics.uploads.labels("busy").inc()
+            await abort_exhausted(
+                context, f"{self._upload_slots.limit} uploads are already in progress",
+                _UPLOAD_RETRY_SECONDS)
+        handed_over = False
+
+        def hand_over(work: asyncio.Future[tuple[str, JobBatch]]) -> None:
+            nonlocal handed_over
+            handed_over = True
+            work.add_done_callback(lambda _: self._upload_slots.release())
+
+        try:
+            return await self._upload(request_iterator, context, hand_over)
+        finally:
+            if not handed_over:
+                self._upload_slots.release()
+
+    async def _upload(
+        self,
+        request_iterator: AsyncIterator[ingest_pb2.UploadRequest],
+        context: grpc.aio.ServicerContext[ingest_pb2.UploadRequest, ingest_pb2.UploadResponse],
+        hand_over: Callable[[asyncio.Future[tuple[str, JobBatch]]], None],
+    ) -> ingest_pb2.UploadResponse:
+        """Receive, check, record and queue; ``hand_over`` gets the recording and queueing,
+        which the upload's slot then waits for."""
+        caller = await self._auth.caller(context)
+        await self._check_key_limits(caller, 0, context)
         try:
             metadata, parsed = await self._receive(request_iterator)
             options = _options(metadata)
-            webhook_url = _webhook_url(metadata, self._settings.max_url_length)
+            webhook_url = _webhook_url(metadata, self._settings)
         except CsvValidationError as error:
             self._metrics.uploads.labels("refused").inc()
             await abort_with_status(context, status_for_csv_error(error))
@@ -67,13 +112,15 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             self._metrics.uploads.labels("refused").inc()
             await abort_with_status(context, status_for_option_error(error))
 
+        await self._check_key_limits(caller, parsed.image_count, context)
         # Once the upload is in, a client that hangs up must not leave it half recorded or
         # half queued: the work goes on without it.
         work = asyncio.ensure_future(self._record_and_queue(
             parsed, options=options, webhook_url=webhook_url,
-            file_name=metadata.file_name[:255]))
+            file_name=metadata.file_name[:255], api_key_id=caller.key_id))
         self._unfinished.add(work)
         work.add_done_callback(self._unfinished.discard)
+        hand_over(work)
         try:
             request_id, jobs = await asyncio.shield(work)
         except RequestNotQueued as error:
@@ -88,15 +135,44 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return ingest_pb2.UploadResponse(request_id=request_id, image_count=len(jobs),
                                          message=UPLOAD_ACCEPTED)
 
+    async def _check_key_limits(self, caller: Caller, images: int,
+                                context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """A key's own limits: requests under way at once, and images per rolling hour
+        (``images`` more about to be added). Checked, not reserved: two uploads racing past
+        the last free place may both pass."""
+        key, keys = caller.key, self._auth.keys
+        if key is None or keys is None or (key.max_concurrent_requests is None
+                                           and key.max_images_per_hour is None):
+            return
+        usage = await keys.usage(key.id)
+        if (key.max_concurrent_requests is not None and images == 0
+                and usage.open_requests >= key.max_concurrent_requests):
+            self._metrics.uploads.labels("over_key_limit").inc()
+            await abort_exhausted(context, f"this API key already has "
+                                  f"{usage.open_requests} requests under way (its limit is "
+                                  f"{key.max_concurrent_requests})", _KEY_REQUESTS_RETRY_SECONDS)
+        if (key.max_images_per_hour is not None
+                and usage.images_last_hour + images > key.max_images_per_hour):
+            self._metrics.uploads.labels("over_key_limit").inc()
+            wait = _KEY_REQUESTS_RETRY_SECONDS
+            if usage.hour_frees_at is not None:
+                wait = max(1, math.ceil((usage.hour_frees_at - datetime.now(UTC))
+                                        .total_seconds()))
+            await abort_exhausted(context, f"this API key may send "
+                                  f"{key.max_images_per_hour} images per hour; "
+                                  f"{usage.images_last_hour} were sent in the last hour and "
+                                  f"this upload has {images}", wait)
+
     async def _record_and_queue(self, parsed: ParsedCsv, *, options: RequestOptions,
                                 webhook_url: str | None, file_name: str,
-                                ) -> tuple[str, JobBatch]:
+                                api_key_id: str | None = None) -> tuple[str, JobBatch]:
         """Record the request and queue its jobs, each part of the images queued once
         committed while the next is written; fail it if that stopped part way."""
         try:
             return await self._repository.create_request(
                 parsed, options=options, webhook_url=webhook_url, file_name=file_name,
-                committed=self._bus.publish_jobs)
+                committed=self._bus.publish_jobs, api_key_id=api_key_id,
+                express=parsed.image_count <= self._settings.express_lane_max_images)
         except RequestNotQueued as error:
             log.error("request %s was not wholly %s; failing its images", error.request_id,
                       "queued" if error.queueing_failed else "recorded", exc_info=error.__cause__)
@@ -231,12 +307,13 @@ def _options(metadata: ingest_pb2.UploadMetadata) -> RequestOptions:
         raise InvalidOptionError(field, first["msg"]) from None
 
 
-def _webhook_url(metadata: ingest_pb2.UploadMetadata, max_length: int) -> str | None:
+def _webhook_url(metadata: ingest_pb2.UploadMetadata, settings: Settings) -> str | None:
     url = metadata.webhook_url.strip()
     if not url:
         return None
     try:
-        check_url_syntax(url, max_length=max_length)
+        check_webhook_url(url, max_length=settings.max_url_length,
+                          allow_private=settings.allow_private_networks)
     except ValueError as error:
         raise InvalidOptionError("webhook_url", str(error)) from None
     return url

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 
-from pixpipe.bus import JOBS_STREAM, WORKERS_DURABLE, Bus
+from pixpipe.bus import EXPRESS_WORKERS_DURABLE, JOBS_STREAM, WORKERS_DURABLE, Bus
 from pixpipe.db.webhooks import WebhookRepository
 from pixpipe.metrics import NotifierMetrics
 from pixpipe.runtime import sleep_unless_stopped
@@ -20,9 +20,10 @@ async def refresh_gauges(metrics: NotifierMetrics, bus: Bus, webhooks: WebhookRe
     metrics.watchers.set(hub.watcher_count)
     metrics.webhook_backlog.set(await webhooks.backlog())
     with contextlib.suppress(Exception):  # no consumer yet: no worker has started
-        info = await bus.js.consumer_info(JOBS_STREAM, WORKERS_DURABLE)
-        metrics.queue_depth.set(info.num_pending or 0)
-        metrics.jobs_unacknowledged.set(info.num_ack_pending or 0)
+        lanes = [await bus.js.consumer_info(JOBS_STREAM, durable)
+                 for durable in (WORKERS_DURABLE, EXPRESS_WORKERS_DURABLE)]
+        metrics.queue_depth.set(sum(info.num_pending or 0 for info in lanes))
+        metrics.jobs_unacknowledged.set(sum(info.num_ack_pending or 0 for info in lanes))
 
 
 async def keep_gauges_current(metrics: NotifierMetrics, bus: Bus, webhooks: WebhookRepository,

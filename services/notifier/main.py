@@ -6,7 +6,10 @@ import asyncio
 import logging
 import sys
 
+from pixpipe.auth import authenticator_for
 from pixpipe.bus import Bus
+from pixpipe.database_health import report_database_health
+from pixpipe.db.api_keys import ApiKeyStore
 from pixpipe.db.engine import engine_from_settings, session_factory
 from pixpipe.db.repository import Repository
 from pixpipe.db.webhooks import WebhookRepository
@@ -20,7 +23,7 @@ from pixpipe.v1 import status_pb2
 from services.notifier.gauges import keep_gauges_current
 from services.notifier.hub import EventHub
 from services.notifier.lost_jobs import keep_sweeping_lost_jobs
-from services.notifier.servicer import StatusServicer, add_status_service
+from services.notifier.servicer import StatusServicer, WatchCaps, add_status_service
 from services.notifier.webhooks import WebhookDispatcher, WebhookSender
 
 log = logging.getLogger(__name__)
@@ -47,12 +50,14 @@ class Notifier:
         self.webhooks = WebhookRepository(sessions)
         self._sender = WebhookSender(settings)
         self.metrics = NotifierMetrics()
-        self.dispatcher = WebhookDispatcher(settings, self.repository, self.webhooks,
-                                            self._sender, self.metrics)
+        self.dispatcher = WebhookDispatcher(
+            settings, self.repository, self.webhooks, self._sender, self.metrics,
+            keys=ApiKeyStore(self._engine) if settings.api_keys else None)
         self._gauges: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._lost_jobs: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
+        self._database_health: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._deliveries: asyncio.Task[None] | None = None
         self.hub: EventHub | None = None
@@ -83,14 +88,19 @@ class Notifier:
             self._retention = asyncio.create_task(
                 keep_purging(settings, self._engine, self._stop))
         serve_metrics(self.metrics.registry, settings.bind_host, settings.metrics_port)
+        authenticator = authenticator_for(settings, self._engine)
         self.server = GrpcServer(host=settings.bind_host, port=settings.status_port,
-                                 api_token=settings.api_token)
+                                 authenticator=authenticator)
         self.status = StatusServicer(self.repository, self.hub,
                                      public_base_url=settings.public_base_url,
-                                     resync_seconds=settings.watch_resync_seconds)
+                                     authenticator=authenticator,
+                                     resync_seconds=settings.watch_resync_seconds,
+                                     watch_caps=WatchCaps.from_settings(settings))
         self.server.add(add_status_service, self.status,
                         status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name)
         await self.server.start()
+        self._database_health = asyncio.create_task(report_database_health(
+            self.server.health, self._engine, self._stop))
         log.info("status service listening on %s:%d", settings.bind_host, self.server.port)
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -107,6 +117,8 @@ class Notifier:
             await self._lost_jobs
         if self._retention is not None:
             await self._retention
+        if self._database_health is not None:
+            await self._database_health
         await self._sender.aclose()
         if self.hub is not None:
             await self.hub.stop()

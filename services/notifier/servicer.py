@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, cast
 
 import grpc
 
+from pixpipe.auth import Authenticator
+from pixpipe.call_limits import CallSlots, abort_exhausted, client_of
 from pixpipe.db.repository import Repository
 from pixpipe.domain import TERMINAL_REQUEST_STATES, ImageState, RequestView
 from pixpipe.output_csv import output_csv_chunks
@@ -20,6 +23,7 @@ from pixpipe.paging import (
     encode_page_token,
     page_size,
 )
+from pixpipe.settings import Settings
 from pixpipe.status_messages import (
     IMAGE_STATES_FROM_PROTO,
     completion_event,
@@ -35,6 +39,24 @@ StatusContext = grpc.aio.ServicerContext[object, object]
 WatchMessage = status_pb2.WatchStatusResponse | bytes
 # Events packed into one batch at most; a few hundred bytes each, far below gRPC's 4 MB.
 MAX_BATCH_EVENTS = 500
+# A watch refused for want of a slot is told to come back after this long.
+WATCH_RETRY_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class WatchCaps:
+    """WatchStatus streams served at once, per request and per client: the token it calls
+    with whenever calls need one, else its address (see client_of)."""
+
+    per_request: int = 1000
+    per_client: int = 1000
+    clients_by_token: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WatchCaps:
+        return cls(per_request=settings.watch_max_per_request,
+                   per_client=settings.watch_max_per_client,
+                   clients_by_token=bool(settings.api_token or settings.api_keys))
 
 
 def is_valid_request_id(request_id: str) -> bool:
@@ -46,12 +68,18 @@ def is_valid_request_id(request_id: str) -> bool:
 
 class StatusServicer(status_pb2_grpc.StatusServiceServicer):
     def __init__(self, repository: Repository, hub: EventHub, *, public_base_url: str,
-                 resync_seconds: float = 2.0, reorder_seconds: float = 0.5) -> None:
+                 resync_seconds: float = 2.0, reorder_seconds: float = 0.5,
+                 watch_caps: WatchCaps | None = None,
+                 authenticator: Authenticator | None = None) -> None:
+        self._auth = authenticator or Authenticator.open()
         self._reorder_seconds = reorder_seconds
         self._repository = repository
         self._public_base_url = public_base_url
         self._hub = hub
         self._resync_seconds = resync_seconds
+        self._watch_caps = watch_caps or WatchCaps()
+        self._watchers_per_request = CallSlots(self._watch_caps.per_request)
+        self._watchers_per_client = CallSlots(self._watch_caps.per_client)
         self.snapshots = SnapshotLoader(repository, public_base_url=public_base_url)
 
     @staticmethod
@@ -60,9 +88,18 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"request_id must be a UUID, got {request_id[:64]!r}")
 
+    async def _check_owner(self, request_id: str, context: StatusContext) -> None:
+        """With API keys, another key's request does not exist for the caller."""
+        if self._auth.keys is None:
+            return
+        caller = await self._auth.caller(context)
+        if not await self._repository.belongs_to(request_id.lower(), caller.key_id):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no request {request_id}")
+
     async def _load(self, request_id: str, context: StatusContext, *,
                     images: ImagePageQuery | None = None) -> RequestView:
         await self._check_id(request_id, context)
+        await self._check_owner(request_id, context)
         view = await self._repository.get_request(request_id.lower(), images=images)
         if view is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no request {request_id}")
@@ -98,6 +135,7 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
     ) -> status_pb2.ListImagesResponse:
         await self._check_id(request.request_id, context)
         request_id = request.request_id.lower()
+        await self._check_owner(request_id, context)
         query = await self._page_query(request_id, request.page_size, request.page_token,
                                        request.status_filter, context)
         page = await self._repository.list_images(request_id, query)
@@ -115,7 +153,12 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
         self, request: status_pb2.ListRequestsRequest, context: StatusContext,
     ) -> status_pb2.ListRequestsResponse:
         limit = min(request.limit or 20, 100)
-        views = await self._repository.list_requests(limit=limit)
+        if self._auth.keys is None:
+            views = await self._repository.list_requests(limit=limit)
+        else:
+            caller = await self._auth.caller(context)
+            views = await self._repository.list_requests(limit=limit, of_key=True,
+                                                         api_key_id=caller.key_id)
         return status_pb2.ListRequestsResponse(
             requests=[request_to_proto(view, self._public_base_url) for view in views])
 
@@ -137,18 +180,39 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
     ) -> AsyncIterator[WatchMessage]:
         request_id = request.request_id.lower()
         await self._check_id(request_id, context)
-        # Register before reading the snapshot so nothing committed in between is missed.
-        queue = await self._hub.register(request_id)
+        await self._check_owner(request_id, context)
+        client = client_of(context, by_token=self._watch_caps.clients_by_token)
+        await self._take_watch_slots(request_id, client, context)
         try:
-            snapshot = await self.snapshots.load(request_id)
-            if snapshot is None:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"no request {request_id}")
-            assert snapshot is not None
-            async for event in self._events(snapshot, queue, request.after_version,
-                                            allow_batches=request.allow_batches):
-                yield event
+            # Register before reading the snapshot so nothing committed in between is missed.
+            queue = await self._hub.register(request_id)
+            try:
+                snapshot = await self.snapshots.load(request_id)
+                if snapshot is None:
+                    await context.abort(grpc.StatusCode.NOT_FOUND, f"no request {request_id}")
+                assert snapshot is not None
+                async for event in self._events(snapshot, queue, request.after_version,
+                                                allow_batches=request.allow_batches):
+                    yield event
+            finally:
+                self._hub.unregister(request_id, queue)
         finally:
-            self._hub.unregister(request_id, queue)
+            # The stream ended, failed, or its client went away (grpc cancels the generator).
+            self._watchers_per_request.release(request_id)
+            self._watchers_per_client.release(client)
+
+    async def _take_watch_slots(self, request_id: str, client: str,
+                                context: StatusContext) -> None:
+        """Both slots or neither; RESOURCE_EXHAUSTED when either cap is reached."""
+        if not self._watchers_per_request.try_take(request_id):
+            await abort_exhausted(
+                context, f"request {request_id} already has {self._watch_caps.per_request} "
+                "watchers", WATCH_RETRY_SECONDS)
+        if not self._watchers_per_client.try_take(client):
+            self._watchers_per_request.release(request_id)
+            await abort_exhausted(
+                context, f"this client already has {self._watch_caps.per_client} watch "
+                "streams open", WATCH_RETRY_SECONDS)
 
     async def _events(
         self, snapshot: Snapshot, queue: asyncio.Queue[LiveEvent], after_version: int, *,

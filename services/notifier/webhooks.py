@@ -14,6 +14,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
+from pixpipe.db.api_keys import ApiKeyStore
 from pixpipe.db.repository import Repository
 from pixpipe.db.webhooks import AttemptResult, LeasedDelivery, WebhookRepository
 from pixpipe.metrics import NotifierMetrics
@@ -64,9 +65,10 @@ class WebhookSender:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def post(self, url: str, message_id: str, body: bytes,
+    async def post(self, url: str, message_id: str, body: bytes, *, secret: str | None = None,
                    ) -> tuple[AttemptResult, float | None, bool]:
-        """POST once; returns the result, any Retry-After, and whether a retry makes sense."""
+        """POST once, signed with ``secret`` (an API key's) or else the install's; returns the
+        result, any Retry-After, and whether a retry makes sense."""
         attempted_at = datetime.now(UTC)
         started = time.monotonic()
 
@@ -77,7 +79,8 @@ class WebhookSender:
 
         try:
             async with asyncio.timeout(self._timeout):
-                status, retry_after_header = await self._send(url, message_id, body)
+                status, retry_after_header = await self._send(url, message_id, body,
+                                                              secret or self._secret)
         except AddressNotAllowed:
             return result(error="receiver address not allowed"), None, False
         except (httpx.InvalidURL, httpx.UnsupportedProtocol, UnicodeError, ValueError) as error:
@@ -92,12 +95,13 @@ class WebhookSender:
         outcome = result(status=status, error=None if succeeded else f"HTTP {status}")
         return outcome, retry_after, True
 
-    async def _send(self, url: str, message_id: str, body: bytes) -> tuple[int, str | None]:
+    async def _send(self, url: str, message_id: str, body: bytes,
+                    secret: str) -> tuple[int, str | None]:
         """POST and read at most MAX_RESPONSE_BYTES of the answer: a receiver cannot make the
         notifier hold an unbounded body; what is past the limit is dropped with the connection."""
         async with self._client.stream(
                 "POST", url, content=body,
-                headers=signed_headers(self._secret, message_id, body)) as response:
+                headers=signed_headers(secret, message_id, body)) as response:
             received = 0
             async for chunk in response.aiter_raw():
                 received += len(chunk)
@@ -111,8 +115,10 @@ class WebhookDispatcher:
 
     def __init__(self, settings: Settings, repository: Repository,
                  webhooks: WebhookRepository, sender: WebhookSender,
-                 metrics: NotifierMetrics | None = None) -> None:
+                 metrics: NotifierMetrics | None = None, *,
+                 keys: ApiKeyStore | None = None) -> None:
         self._metrics = metrics or NotifierMetrics()
+        self._keys = keys
         self._settings = settings
         self._repository = repository
         self._webhooks = webhooks
@@ -160,7 +166,11 @@ class WebhookDispatcher:
             if leased is None:
                 return  # another notifier has it, or it is already settled
             body = await self._payload(leased)
-            result, retry_after, retryable = await self._sender.post(leased.url, leased.id, body)
+            # A key's requests are signed with that key's own secret.
+            secret = (await self._keys.webhook_secret_of_request(leased.request_id)
+                      if self._keys is not None else None)
+            result, retry_after, retryable = await self._sender.post(
+                leased.url, leased.id, body, secret=secret)
             retry_at = None
             if not result.succeeded and retryable:
                 retry_at = self._retry_at(leased.attempts + 1, retry_after)

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from pixpipe.bus import JOBS_STREAM, MAX_DELIVERIES_ADVISORY, WORKERS_DURABLE, Bus
@@ -77,16 +78,15 @@ class JobConsumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch and handle jobs until ``stop`` is set, then finish those in hand."""
-        js = self._bus.js
-        await js.add_consumer(JOBS_STREAM, self._bus.job_consumer_config().evolve(
-            name=WORKERS_DURABLE))
-        subscription = await js.pull_subscribe_bind(WORKERS_DURABLE, stream=JOBS_STREAM)
+        subscription = await self._subscribe(express=False)
+        express = await self._subscribe(express=True)
         advisories = await self._bus.client.subscribe(
             MAX_DELIVERIES_ADVISORY, queue=WORKERS_DURABLE, cb=self._on_max_deliveries)
         capacity = self._settings.worker_concurrency
         # Pull several jobs per request rather than one per finished job.
         pull_batch = max(1, capacity // 4)
         heartbeat = asyncio.create_task(self._keep_alive())
+        express_pulls = asyncio.create_task(self._pull_express(express, stop, pull_batch))
         try:
             while not stop.is_set():
                 free = capacity - len(self._in_hand)
@@ -104,16 +104,51 @@ class JobConsumer:
                     log.warning("fetching jobs failed; retrying", exc_info=True)
                     await sleep_unless_stopped(stop, 1.0)
                     continue
-                for message in messages:
-                    task = asyncio.create_task(self._handle(message))
-                    self._in_hand.add(task)
-                    task.add_done_callback(self._done)
+                self._start(messages)
         finally:
+            express_pulls.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await express_pulls
             await advisories.unsubscribe()
             await self._finish_in_hand()
             heartbeat.cancel()
-            with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
+            for pulled in (subscription, express):
+                with contextlib.suppress(Exception):
+                    await pulled.unsubscribe()
+
+    async def _subscribe(self, *, express: bool) -> JetStreamContext.PullSubscription:
+        config = self._bus.job_consumer_config(express=express)
+        assert config.durable_name is not None
+        await self._bus.js.add_consumer(JOBS_STREAM, config.evolve(name=config.durable_name))
+        return await self._bus.js.pull_subscribe_bind(config.durable_name, stream=JOBS_STREAM)
+
+    async def _pull_express(self, subscription: JetStreamContext.PullSubscription,
+                            stop: asyncio.Event, batch: int) -> None:
+        """The express lane: small requests' jobs, pulled beside the bulk lane's rather than
+        behind them. They may take the worker up to one batch past its concurrency, so a
+        worker busy with bulk jobs still takes them at once."""
+        ceiling = self._settings.worker_concurrency + batch
+        while not stop.is_set():
+            if len(self._in_hand) >= ceiling:
+                self._job_finished.clear()
+                await self._job_finished.wait()
+                continue
+            try:
+                messages = await subscription.fetch(min(batch, ceiling - len(self._in_hand)),
+                                                    timeout=_FETCH_WAIT_SECONDS)
+            except (NatsTimeoutError, TimeoutError):
+                continue
+            except Exception:
+                log.warning("fetching express jobs failed; retrying", exc_info=True)
+                await sleep_unless_stopped(stop, 1.0)
+                continue
+            self._start(messages)
+
+    def _start(self, messages: list[Msg]) -> None:
+        for message in messages:
+            task = asyncio.create_task(self._handle(message))
+            self._in_hand.add(task)
+            task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_hand.discard(task)

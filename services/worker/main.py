@@ -32,7 +32,8 @@ async def work(settings: Settings, stop: asyncio.Event) -> None:
     repository = Repository(session_factory(engine))
     bus = await Bus.connect(settings, name="pixpipe-worker")
     # Alone on its machine unless told otherwise (make run tells it its share of the cores).
-    codec = CodecPool(codec_processes_per_worker(settings, workers_on_this_machine=1))
+    codec = CodecPool.from_settings(
+        settings, codec_processes_per_worker(settings, workers_on_this_machine=1))
     fetcher = SafeFetcher.from_settings(settings)
     store = store_from_settings(settings)
     reuse = (OutputReuse(ReuseIndex(engine, repository.writes), store, nats=bus.client)

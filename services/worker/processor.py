@@ -15,7 +15,12 @@ from pixpipe.jpeg_encoders import prepare_vips
 from pixpipe.object_storage import StorageUnavailable
 from pixpipe.settings import Settings
 from pixpipe.storage import OutputStore
-from services.worker.codec_pool import ChildProcessDied, ChildProcessPool
+from services.worker.codec_pool import (
+    ChildProcessDied,
+    ChildProcessPool,
+    MemoryLimitExceeded,
+    TimeLimitExceeded,
+)
 from services.worker.reuse import OutputReuse
 
 CODEC_NICENESS = 10
@@ -103,10 +108,22 @@ def transform_and_store(source: bytes, options: TransformOptions, store: OutputS
 
 
 class CodecPool:
-    """Runs Pillow in child processes so the event loop never blocks and every core works."""
+    """Runs Pillow in child processes so the event loop never blocks and every core works.
 
-    def __init__(self, processes: int) -> None:
-        self._pool = ChildProcessPool(processes, initializer=_prepare_codec_process)
+    An image past ``time_limit_seconds`` (its process is killed and replaced) or needing more
+    than ``memory_limit_bytes`` of address space fails; None or 0 turns a limit off.
+    """
+
+    def __init__(self, processes: int, *, time_limit_seconds: float | None = None,
+                 memory_limit_bytes: int | None = None) -> None:
+        self._pool = ChildProcessPool(processes, initializer=_prepare_codec_process,
+                                      time_limit=time_limit_seconds,
+                                      memory_limit=memory_limit_bytes or None)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, processes: int) -> CodecPool:
+        return cls(processes, time_limit_seconds=settings.codec_time_limit_seconds,
+                   memory_limit_bytes=settings.codec_memory_limit_bytes)
 
     @property
     def pids(self) -> list[int]:
@@ -117,8 +134,11 @@ class CodecPool:
         try:
             return await self._pool.run(transform_and_store, data, options, store,
                                         job.request_id, job.image_id)
+        except (TimeLimitExceeded, MemoryLimitExceeded) as error:
+            # The image itself is the problem: another attempt would meet the same limit.
+            raise DecodeError(str(error)) from None
         except ChildProcessDied:
-            # Out of memory, a crash in a native decoder: the pool starts a new process.
+            # Killed by the system, a crash in a native decoder: the pool starts a new process.
             raise TransientFailure("image processor crashed") from None
         except StorageUnavailable as error:
             raise TransientFailure(error.reason) from None
@@ -147,7 +167,7 @@ class ImageProcessor:
         """
         options = transform_options(job, self._settings)
         reuse = self._reuse
-        earlier = await reuse.earlier(job.url, options) if reuse is not None else None
+        earlier = await reuse.earlier(job, options) if reuse is not None else None
         fetched = await self._fetch(
             job.url, reuse.conditional_headers(earlier) if reuse and earlier else None)
         if isinstance(fetched, ImageFailure):

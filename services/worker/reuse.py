@@ -80,11 +80,10 @@ class OutputReuse:
     process, and claims in the database for those under way in others, so that copies of
     one source arriving together are encoded once."""
 
-    def __init__(self, index: ReuseIndex, store: OutputStore, *, tenant: str = "",
+    def __init__(self, index: ReuseIndex, store: OutputStore, *,
                  nats: NatsClient | None = None) -> None:
         self._index = index
         self._store = store
-        self._tenant = tenant
         self._nats = nats
         self._encoding: dict[str, asyncio.Future[None]] = {}
         self._waiting: dict[str, list[asyncio.Event]] = {}
@@ -103,12 +102,11 @@ class OutputReuse:
         for event in self._waiting.get(message.data.decode(), ()):
             event.set()
 
-    def options_key(self, options: TransformOptions) -> str:
-        return options_key(options, tenant=self._tenant)
-
-    async def earlier(self, url: str, options: TransformOptions) -> EarlierSource | None:
-        """The URL's last answer, when it had validators and its output is still known."""
-        return await self._index.find_source(lookup_key(url, self.options_key(options)))
+    async def earlier(self, job: ImageJob, options: TransformOptions) -> EarlierSource | None:
+        """The URL's last answer to the job's API key, when it had validators and its output
+        is still known."""
+        return await self._index.find_source(
+            lookup_key(job.url, options_key(options, tenant=job.tenant)))
 
     @staticmethod
     def conditional_headers(earlier: EarlierSource) -> dict[str, str]:
@@ -135,11 +133,11 @@ class OutputReuse:
                           encode: Callable[[], Awaitable[ImageOutcome]]) -> ImageOutcome:
         """A copy of the output of the same source and options if there is one, else
         ``encode()``, whose success is then offered to later images; a failure is not."""
-        options_key = self.options_key(options)
-        key = content_key(fetched.content, options_key)
+        of_options = options_key(options, tenant=job.tenant)
+        key = content_key(fetched.content, of_options)
         source = None
         if fetched.etag or fetched.last_modified:
-            source = SourceAnswer(lookup_key=lookup_key(job.url, options_key), content_key=key,
+            source = SourceAnswer(lookup_key=lookup_key(job.url, of_options), content_key=key,
                                   etag=fetched.etag, last_modified=fetched.last_modified)
         polls = 0
         while True:

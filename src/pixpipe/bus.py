@@ -30,21 +30,25 @@ log = logging.getLogger(__name__)
 
 JOBS_STREAM = "PIXPIPE_JOBS"
 EVENTS_STREAM = "PIXPIPE_EVENTS"
+# Two lanes in the one work queue, each with its own consumer: a small request's jobs go to
+# the express lane, which workers pull beside the bulk lane rather than behind it, so a
+# request of ten images is not queued behind another one's hundred thousand.
 JOBS_SUBJECT_PREFIX = "pixpipe.jobs"
+EXPRESS_JOBS_SUBJECT_PREFIX = "pixpipe.expressjobs"
 EVENTS_SUBJECT_PREFIX = "pixpipe.events"
 # Core NATS, outside every stream: "a request just finished" for notifiers to start its
 # webhook at once. Losing one only delays the webhook to the next poll.
 COMPLETIONS_SUBJECT = "pixpipe.completions"
 WORKERS_DURABLE = "pixpipe-workers"
-MAX_DELIVERIES_ADVISORY = (
-    f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.{WORKERS_DURABLE}"
-)
+EXPRESS_WORKERS_DURABLE = "pixpipe-workers-express"
+# Both lanes' consumers: a job that used up its deliveries in either.
+MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.*"
 # Jobs published but not yet acknowledged, at most (4096 of ~300 bytes: about 1 MB).
 _PUBLISH_WINDOW = 4096
 
 
-def jobs_subject(request_id: str) -> str:
-    return f"{JOBS_SUBJECT_PREFIX}.{request_id}"
+def jobs_subject(request_id: str, *, express: bool = False) -> str:
+    return f"{EXPRESS_JOBS_SUBJECT_PREFIX if express else JOBS_SUBJECT_PREFIX}.{request_id}"
 
 
 def events_subject(request_id: str) -> str:
@@ -69,6 +73,7 @@ class Bus:
             reconnect_time_wait=0.5,
             connect_timeout=5,
             allow_reconnect=True,
+            token=settings.nats_token,
         )
         bus = cls(client=client,
                   js=client.jetstream(timeout=settings.nats_request_timeout_seconds),
@@ -102,7 +107,8 @@ class Bus:
         """Create or update both streams; safe to call from every service at start-up."""
         replicas = self.settings.stream_replicas
         await self._ensure_stream(StreamConfig(
-            name=JOBS_STREAM, subjects=[f"{JOBS_SUBJECT_PREFIX}.>"],
+            name=JOBS_STREAM,
+            subjects=[f"{JOBS_SUBJECT_PREFIX}.>", f"{EXPRESS_JOBS_SUBJECT_PREFIX}.>"],
             retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
             num_replicas=replicas, duplicate_window=120.0,
         ))
@@ -124,16 +130,16 @@ class Bus:
             return
         await self.js.update_stream(config)
 
-    def job_consumer_config(self) -> ConsumerConfig:
+    def job_consumer_config(self, *, express: bool = False) -> ConsumerConfig:
         settings = self.settings
         return ConsumerConfig(
-            durable_name=WORKERS_DURABLE,
+            durable_name=EXPRESS_WORKERS_DURABLE if express else WORKERS_DURABLE,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=settings.job_ack_wait_seconds,
             max_deliver=settings.job_max_deliver,
             max_ack_pending=10_000,
             deliver_policy=DeliverPolicy.ALL,
-            filter_subject=f"{JOBS_SUBJECT_PREFIX}.>",
+            filter_subject=f"{EXPRESS_JOBS_SUBJECT_PREFIX if express else JOBS_SUBJECT_PREFIX}.>",
         )
 
     async def publish_jobs(self, jobs: Sequence[ImageJob]) -> None:
@@ -144,7 +150,7 @@ class Bus:
         job a no-op inside the duplicate window.
         """
         if isinstance(jobs, JobBatch):
-            subject = jobs_subject(jobs.request_id)
+            subject = jobs_subject(jobs.request_id, express=jobs.express)
             messages: Iterable[tuple[str, str, bytes]] = (
                 (subject, message_id, payload) for message_id, payload in jobs.messages())
         else:
@@ -156,7 +162,7 @@ class Bus:
     async def jobs_waiting(self, request_id: str) -> int:
         """Jobs of a request still in the work queue: waiting, in hand or awaiting redelivery
         (an acknowledged job leaves the stream)."""
-        info = await self.js.stream_info(JOBS_STREAM, subjects_filter=jobs_subject(request_id))
+        info = await self.js.stream_info(JOBS_STREAM, subjects_filter=f"pixpipe.*.{request_id}")
         return sum((info.state.subjects or {}).values())
 
     async def publish_event(self, request_id: str, payload: bytes, *, message_id: str,

@@ -16,6 +16,7 @@ from pixpipe.auto_quality import search_quality, tile_score
 from pixpipe.errors import DecodeError
 from pixpipe.format_choice import EncodedFormat, choose_format
 from pixpipe.jpeg_encoders import Effort, encode_jpeg, encoder_name
+from pixpipe.metadata_strip import strip_metadata
 
 # "auto": the smallest of the formats Pillow encodes at one score (format_choice).
 OutputFormat = Literal["jpeg", "webp", "avif", "auto"]
@@ -34,6 +35,9 @@ _DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struc
 _QUARTER_TURNS = frozenset({5, 6, 7, 8})
 _ORIENTATION_TAG = 0x0112
 _SRGB = ImageCms.createProfile("sRGB")
+# Real colour profiles are a few KB (sRGB 3 KB, the largest print profiles some hundred KB);
+# anything larger only costs every output its size and lcms its time to parse.
+MAX_ICC_BYTES = 1024 * 1024
 _ENCODERS: dict[str, str] = {"webp": "libwebp", "avif": "libavif"}
 
 
@@ -86,7 +90,8 @@ def transform_image(source: bytes, options: TransformOptions) -> TransformResult
         if width * height > options.max_pixels:
             raise _too_large(options.max_pixels)
         with _decoder_errors(source, source_format, options.max_pixels):
-            turned = im.getexif().get(_ORIENTATION_TAG) in _QUARTER_TURNS
+            orientation = im.getexif().get(_ORIENTATION_TAG)
+            turned = orientation in _QUARTER_TURNS
             upright = (height, width) if turned else (width, height)
             target = _fit(upright, options.max_width, options.max_height)
             full_size = im.size
@@ -99,10 +104,13 @@ def transform_image(source: bytes, options: TransformOptions) -> TransformResult
             shrunk_on_load = im.size != full_size
             im.load()
             ImageOps.exif_transpose(im, in_place=True)
+        profile = _usable_profile(im.info.get("icc_profile"))
+        has_metadata = (any(im.info.get(key) for key in ("exif", "xmp"))
+                        or (profile is None and bool(im.info.get("icc_profile"))))
         # After CMYK conversion the pixels are sRGB, whatever profile the source carried.
-        icc = None if im.mode == "CMYK" else im.info.get("icc_profile")
+        icc = None if im.mode == "CMYK" else profile
         fmt: EncodedFormat = "jpeg" if options.format == "auto" else options.format
-        picture = _to_output_mode(im, fmt)
+        picture = _to_output_mode(im, fmt, profile)
         if picture.size != target:
             resample = (Image.Resampling.BICUBIC if shrunk_on_load
                         else Image.Resampling.LANCZOS)
@@ -124,10 +132,14 @@ def transform_image(source: bytes, options: TransformOptions) -> TransformResult
         data = _encode(picture, fmt, quality, icc, options.effort)
 
     # Re-encoding a small, already well-compressed file can grow it; in its own format and
-    # size the original is then the better answer.
-    kept = fmt == source_format and target == upright and len(data) >= len(source)
+    # size the original is then the better answer, with its metadata taken out.
+    kept = False
+    if fmt == source_format and target == upright:
+        original = _without_metadata(source, fmt, profile, orientation, has_metadata)
+        if original is not None and len(original) <= len(data):
+            data, kept = original, True
     return TransformResult(
-        data=source if kept else data,
+        data=data,
         format=fmt,
         extension=_EXTENSIONS[fmt],
         width=target[0],
@@ -186,10 +198,10 @@ def _fit(size: tuple[int, int], max_width: int | None, max_height: int | None) -
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _to_output_mode(im: Image.Image, fmt: EncodedFormat) -> Image.Image:
+def _to_output_mode(im: Image.Image, fmt: EncodedFormat, profile: bytes | None) -> Image.Image:
     """RGB, or L for a greyscale JPEG: one channel, a few per cent smaller than RGB."""
     if im.mode == "CMYK":
-        return _cmyk_to_rgb(im)
+        return _cmyk_to_rgb(im, profile)
     if im.has_transparency_data:
         rgba = im.convert("RGBA")
         flat = Image.new("RGB", im.size, (255, 255, 255))
@@ -203,8 +215,34 @@ def _to_output_mode(im: Image.Image, fmt: EncodedFormat) -> Image.Image:
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
-def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
-    icc = im.info.get("icc_profile")
+def _without_metadata(source: bytes, fmt: EncodedFormat, profile: bytes | None,
+                      orientation: object, has_metadata: bool) -> bytes | None:
+    """The source as it may be served: EXIF, GPS and XMP out, a refused profile out too.
+
+    None when that cannot be done without re-encoding: the output is then the encoded one.
+    """
+    stripped = strip_metadata(source, fmt, keep_icc=profile is not None,
+                              orientation=orientation if isinstance(orientation, int) else None)
+    if stripped is None and fmt == "avif" and not has_metadata:
+        return source  # AVIF's container is not rewritten; one with nothing to drop needs none
+    return stripped
+
+
+def _usable_profile(icc: bytes | None) -> bytes | None:
+    """The source's colour profile, or None when it is too large or lcms cannot read it.
+
+    Without one the pixels are taken as sRGB, as for a source that carries none.
+    """
+    if not icc or len(icc) > MAX_ICC_BYTES:
+        return None
+    try:
+        ImageCms.ImageCmsProfile(BytesIO(icc))
+    except (ImageCms.PyCMSError, OSError):
+        return None
+    return icc
+
+
+def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> Image.Image:
     if icc:
         try:
             converted = ImageCms.profileToProfile(

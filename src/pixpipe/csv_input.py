@@ -16,9 +16,9 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple, NoReturn
-from urllib.parse import urlsplit
 
 from pixpipe.errors import CsvFault, CsvValidationError
+from pixpipe.net_policy import PLAIN_URL_PATTERN, check_url_syntax
 
 SERIAL_COLUMN = "S. No."
 NAME_COLUMN = "Product Name"
@@ -36,10 +36,9 @@ DEFAULT_MAX_URLS_PER_PRODUCT = 100
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")  # the same breaks io.StringIO(newline="") splits on
 _INTEGER = re.compile(r"([+-]?)0*([0-9]+)")
-# URLs that need no closer look: http(s), a plain host name, perhaps a port below 10000, then
-# printable ASCII without spaces or commas. Anything else goes through _url_problem.
-_PLAIN_URL = r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,4})?(?:[/?#][!-+\--~]*)?"
-_PLAIN_URLS = re.compile(rf"{_PLAIN_URL}(?:,{_PLAIN_URL})*", re.ASCII)
+# A cell of URLs that need no closer look (see net_policy); anything else goes through
+# check_url_syntax one URL at a time.
+_PLAIN_URLS = re.compile(rf"{PLAIN_URL_PATTERN}(?:,{PLAIN_URL_PATTERN})*", re.ASCII)
 _SLICE_BYTES = 1024 * 1024  # parse_products_csv feeds a whole file in pieces of this size
 
 
@@ -488,32 +487,17 @@ class _Validator:
         urls = tuple(part.strip() for part in raw.split(","))
         valid = True
         for number, url in enumerate(urls, 1):
-            if problem := _url_problem(url, self.limits.max_url_length):
-                self.fault(line, index, f"URL {number}: {problem}")
+            if not url:
+                self.fault(line, index, f"URL {number} is empty (two commas in a row, or a "
+                           "comma at the start or end)")
+                valid = False
+                continue
+            try:
+                check_url_syntax(url, max_length=self.limits.max_url_length)
+            except ValueError as err:
+                self.fault(line, index, f"URL {number} {_shorten(url)}: {err}")
                 valid = False
         return urls if valid else None
-
-
-def _url_problem(url: str, max_length: int) -> str | None:
-    if not url:
-        return "empty URL (two commas in a row, or a comma at the start or end)"
-    if len(url) > max_length:
-        return f"URL is {len(url)} characters long, over the limit of {max_length}"
-    shown = _shorten(url)
-    if any(char.isspace() or not char.isprintable() for char in url):
-        return f"{shown} contains whitespace or control characters"
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # urlsplit only checks the port when it is asked for
-    except ValueError as err:
-        return f"{shown} is not a valid URL ({err})"
-    if not parts.scheme:
-        return f"{shown} is not an absolute http or https URL"
-    if parts.scheme not in ("http", "https"):
-        return f"{shown} uses scheme {parts.scheme!r}; only http and https are allowed"
-    if not parts.hostname:
-        return f"{shown} has no host"
-    return None
 
 
 def _shorten(text: str, limit: int = 80) -> str:

@@ -63,6 +63,8 @@ class ImageJob(BaseModel):
     image_id: str = Field(pattern=IMAGE_ID_PATTERN)
     url: str
     options: RequestOptions = RequestOptions()
+    # The API key that uploaded the request ("" for none): outputs are reused within a key.
+    tenant: str = Field(default="", max_length=36)
 
     @property
     def message_id(self) -> str:

@@ -67,12 +67,18 @@ def start_nats_server(*, port: int, store_dir: Path, log_file: Path | None = Non
 
 
 def start_nats_server_on_free_port(*, store_dir: Path, log_file: Path | None = None,
+                                   extra: list[str] | None = None,
                                    ) -> tuple[subprocess.Popen[bytes], int]:
     """Start a JetStream-enabled nats-server on a port it picks itself; returns that port.
 
     The server binds the port, so no other program can take it between choosing and binding.
     """
-    return _start(port=_ANY_PORT, store_dir=store_dir, log_file=log_file, extra=None)
+    return _start(port=_ANY_PORT, store_dir=store_dir, log_file=log_file, extra=extra)
+
+
+def token_arguments(token: str | None) -> list[str]:
+    """nats-server's flags that make every client present ``token``."""
+    return ["--auth", token] if token else []
 
 
 def _start(*, port: int, store_dir: Path, log_file: Path | None, extra: list[str] | None,

@@ -1,9 +1,8 @@
-"""Builds a grpc.aio server with health checking, reflection and optional bearer-token auth."""
+"""Builds a grpc.aio server with health checking, reflection and bearer-token auth."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -11,14 +10,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from pixpipe.auth import Authenticator, bearer_token
+
 _PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Refuses every call but health and reflection without ``authorization: Bearer <token>``."""
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Refuses every call but health and reflection whose bearer token stands for no one."""
 
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticator = authenticator
 
         async def deny(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API token")
@@ -34,10 +35,8 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
         method = handler_call_details.method or ""
         if method.startswith(_PUBLIC_METHOD_PREFIXES):
             return await continuation(handler_call_details)
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        supplied = metadata.get("authorization", "")
-        supplied_bytes = supplied.encode() if isinstance(supplied, str) else supplied
-        if hmac.compare_digest(supplied_bytes, self._expected):
+        token = bearer_token(handler_call_details.invocation_metadata)
+        if await self._authenticator.authenticate(token) is not None:
             return await continuation(handler_call_details)
         handler = await continuation(handler_call_details)
         if handler is not None and handler.request_streaming:
@@ -56,8 +55,8 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
 class GrpcServer:
     """A grpc.aio server bound to one port, serving the given services plus health."""
 
-    def __init__(self, *, host: str, port: int, api_token: str | None) -> None:
-        interceptors = [BearerTokenInterceptor(api_token)] if api_token else []
+    def __init__(self, *, host: str, port: int, authenticator: Authenticator) -> None:
+        interceptors = [AuthInterceptor(authenticator)] if authenticator.required else []
         self.server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", 8 * 1024 * 1024),
             ("grpc.so_reuseport", 0),

@@ -45,6 +45,9 @@ class JobBatch(Sequence[ImageJob]):
     options: RequestOptions
     image_ids: Sequence[str]
     urls: Sequence[str]
+    tenant: str = ""
+    # A small request's jobs take the express lane (see pixpipe.bus).
+    express: bool = False
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -58,15 +61,16 @@ class JobBatch(Sequence[ImageJob]):
     def __getitem__(self, index: int | slice) -> ImageJob | Sequence[ImageJob]:
         if isinstance(index, slice):
             return JobBatch(self.request_id, self.options, self.image_ids[index],
-                            self.urls[index])
+                            self.urls[index], self.tenant, self.express)
         return ImageJob(request_id=self.request_id, image_id=self.image_ids[index],
-                        url=self.urls[index], options=self.options)
+                        url=self.urls[index], options=self.options, tenant=self.tenant)
 
     def messages(self) -> Iterator[tuple[str, bytes]]:
         """(Nats-Msg-Id, payload) of each job: the bytes ``ImageJob.model_dump_json`` writes."""
         request_id = self.request_id
         head = f'{{"request_id":{_json_string(request_id)},"image_id":"'
-        tail = f',"options":{self.options.model_dump_json()}}}'
+        tail = (f',"options":{self.options.model_dump_json()},'
+                f'"tenant":{_json_string(self.tenant)}}}')
         for image_id, url in zip(self.image_ids, self.urls, strict=True):
             yield (f"{request_id}.{image_id}",
                    f'{head}{image_id}","url":{_json_string(url)}{tail}'.encode())

@@ -25,6 +25,7 @@ _FAILURE_KINDS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"^not an image", "not_an_image"),
         (r"^image larger than ", "too_large"),
         (r"^image exceeds .* megapixels$", "too_many_pixels"),
+        (r"^needs more memory than ", "too_much_memory"),
         (r"^(timed out|took longer)", "timeout"),
         (r"^source address not allowed$", "address_not_allowed"),
         (r"^could not resolve host$", "dns"),

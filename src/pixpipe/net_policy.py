@@ -1,13 +1,16 @@
-"""Network policy: which URLs and IP addresses pixpipe may fetch images from."""
+"""Network policy: which URLs pixpipe accepts and which addresses it may connect to."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 import socket
 from collections.abc import Callable
 from urllib.parse import urlsplit
+
+import httpx
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -21,8 +24,25 @@ _NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")
 _SHARED_ADDRESS_SPACE = ipaddress.IPv4Network("100.64.0.0/10")
 
 
-# Whitespace (exactly what str.isspace() accepts), C0 controls and DEL; checked per image.
-_WHITESPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
+_WHITESPACE = re.compile(r"\s")  # exactly what str.isspace() accepts
+# A DNS label as RFC 1123 has it, plus "_" (used in real host names, and harmless here).
+_HOST_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+_MAX_HOST_NAME = 253
+_NUMBER = re.compile(r"[0-9]+|0[xX][0-9a-fA-F]*")
+
+# URLs that certainly pass check_url_syntax (a unit test holds it to that), so a caller with
+# many URLs, the CSV parser, can accept them without a closer look: http(s), a host name whose
+# last label starts with a letter or a dotted-quad address, perhaps a port, then printable ASCII
+# without spaces or commas.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_LAST_LABEL = r"[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+PLAIN_URL_PATTERN = (
+    rf"https?://(?=[A-Za-z0-9.-]{{1,{_MAX_HOST_NAME}}}(?![A-Za-z0-9.-]))"
+    rf"(?:{_OCTET}(?:\.{_OCTET}){{3}}|(?:{_LABEL}\.)*{_LAST_LABEL})"
+    rf"(?::{_PORT})?(?:[/?#][!-+\--~]*)?"
+)
 
 
 class AddressNotAllowed(Exception):
@@ -30,10 +50,38 @@ class AddressNotAllowed(Exception):
 
 
 def check_url_syntax(url: str, *, max_length: int = 2048) -> None:
-    """Raise ``ValueError`` with a readable reason unless ``url`` is a fetchable http(s) URL."""
+    """Raise ``ValueError`` with a readable reason unless ``url`` is a fetchable http(s) URL.
+
+    The one rule for every URL a user hands pixpipe (image sources, webhook receivers, redirect
+    targets): what passes it, httpx can send and the resolver can look up.
+    """
+    url_host(url, max_length=max_length)
+
+
+def check_webhook_url(url: str, *, max_length: int = 2048, allow_private: bool) -> None:
+    """``check_url_syntax``, and unless ``allow_private``, refuse a host that is written as a
+    non-public address (or names this machine): no delivery to it could ever be allowed.
+
+    Host names are left to the connect-time check, which sees the addresses they resolve to.
+    """
+    host = url_host(url, max_length=max_length)
+    if allow_private:
+        return
+    name = host.removesuffix(".")
+    if name == "localhost" or name.endswith(".localhost"):  # this machine, says RFC 6761
+        raise ValueError(f"host {host!r} is this machine; webhooks must go to a public address")
+    address = literal_address(host)
+    if address is not None and not is_public_address(address):
+        raise ValueError(f"host {host!r} is the address {address}, which is private, loopback, "
+                         "link-local or reserved; webhooks must go to a public address")
+
+
+def url_host(url: str, *, max_length: int = 2048) -> str:
+    """The host ``url`` will connect to, lower case and ASCII (IDNA-encoded, IPv6 without
+    brackets), once ``url`` passes the rule; ``ValueError`` with a reason otherwise."""
     if len(url) > max_length:
-        raise ValueError(f"URL is longer than {max_length} characters")
-    if _WHITESPACE_OR_CONTROL.search(url):
+        raise ValueError(f"URL is {len(url)} characters long, over the limit of {max_length}")
+    if not url.isprintable() or _WHITESPACE.search(url):
         raise ValueError("URL contains whitespace or control characters")
     try:
         parts = urlsplit(url)
@@ -41,7 +89,8 @@ def check_url_syntax(url: str, *, max_length: int = 2048) -> None:
     except ValueError as exc:
         raise ValueError(f"malformed URL ({exc})") from None
     if parts.scheme.lower() not in ALLOWED_SCHEMES:
-        raise ValueError("scheme must be http or https")
+        raise ValueError("scheme must be http or https" +
+                         (f", not {parts.scheme!r}" if parts.scheme else ""))
     # Credentials in a URL would be sent to whoever the host turns out to be, and they end up
     # in logs and status pages.
     if parts.username is not None or parts.password is not None:
@@ -50,6 +99,86 @@ def check_url_syntax(url: str, *, max_length: int = 2048) -> None:
         raise ValueError("host is required")
     if port == 0:
         raise ValueError("port 0 is not allowed")
+    return _checked_host(parts.hostname)
+
+
+@functools.lru_cache(maxsize=4096)  # the URLs of one file share few hosts
+def _checked_host(hostname: str) -> str:
+    host = hostname if hostname.isascii() else _idna_host(hostname)
+    if ":" in host:
+        _check_ipv6(host)
+    else:
+        _check_host_name(host)
+    return host
+
+
+def _idna_host(host: str) -> str:
+    """The host as httpx sends it (IDNA 2008, as httpx encodes it), so that a name only a
+    looser mapping turns into an address (NFKC: "①②⑦.0.0.1") is refused here."""
+    try:
+        return httpx.URL(f"http://{host}/").raw_host.decode("ascii")
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"host is not a valid domain name ({exc})") from None
+
+
+def _check_ipv6(host: str) -> None:
+    if "%" in host:
+        raise ValueError("host must not name a network interface (an IPv6 zone)")
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        raise ValueError(f"host {host!r} is not a valid IPv6 address") from None
+
+
+def _check_host_name(host: str) -> None:
+    name = host.removesuffix(".")
+    if len(name) > _MAX_HOST_NAME:
+        raise ValueError(f"host name is longer than {_MAX_HOST_NAME} characters")
+    labels = name.split(".")
+    if not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"host {host!r} is not a valid host name (each dot-separated part "
+                         "has 1 to 63 letters, digits or inner hyphens)")
+    if _NUMBER.fullmatch(labels[-1]):
+        try:
+            _ipv4_from_numbers(labels)
+        except ValueError:
+            raise ValueError(f"host {host!r} is not a valid IPv4 address") from None
+
+
+def literal_address(host: str) -> IPAddress | None:
+    """The address ``host`` (as ``url_host`` returns it) is written as, or None for a name.
+
+    Besides the dotted quad this reads every form the C resolver accepts (and the WHATWG URL
+    standard): 2130706433, 0x7f.1, 0177.0.0.1 are all 127.0.0.1.
+    """
+    if ":" in host:
+        return ipaddress.IPv6Address(host.split("%", 1)[0])
+    labels = host.removesuffix(".").split(".")
+    if not _NUMBER.fullmatch(labels[-1]):
+        return None
+    return _ipv4_from_numbers(labels)
+
+
+def _ipv4_from_numbers(labels: list[str]) -> ipaddress.IPv4Address:
+    """inet_aton's reading: one to four numbers, each decimal, octal (leading 0) or hex (0x);
+    the last fills the bytes the others leave."""
+    if not 1 <= len(labels) <= 4:
+        raise ValueError("an IPv4 address has one to four parts")
+    numbers: list[int] = []
+    for label in labels:
+        if label[:2].lower() == "0x":
+            numbers.append(int(label[2:] or "0", 16))
+        elif len(label) > 1 and label.startswith("0"):
+            numbers.append(int(label, 8))
+        else:
+            numbers.append(int(label, 10))
+    *leading, last = numbers
+    if any(number > 255 for number in leading) or last >= 256 ** (5 - len(numbers)):
+        raise ValueError("a part of the IPv4 address is out of range")
+    value = last
+    for position, number in enumerate(leading):
+        value += number << (8 * (3 - position))
+    return ipaddress.IPv4Address(value)
 
 
 def is_public_address(ip: IPAddress) -> bool:

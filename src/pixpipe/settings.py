@@ -33,6 +33,9 @@ class Settings(BaseSettings):
                                      "SQLite file under the data dir.")
     nats_url: str | None = Field(default=None, description="NATS server URL; default: start "
                                  "the embedded nats-server.")
+    nats_token: str | None = Field(default=None, description="Token the services present to "
+                                   "NATS (the embedded server's is generated and kept in the "
+                                   "data dir).")
     public_base_url: str = Field(default="", description="Base of the absolute URLs handed "
                                  "to users (output images, CSV, webhook links); default: the "
                                  "gateway's own address, http://<bind_host>:<gateway_port>.")
@@ -46,7 +49,10 @@ class Settings(BaseSettings):
                                        "service for the gateway; default: bind_host:ingest_port")
     status_address: str | None = Field(default=None, description="host:port of the status "
                                        "service for the gateway; default: bind_host:status_port")
-    api_token: str | None = None
+    api_token: str | None = Field(default=None, description="The single API token: every "
+                                  "call must carry it as a bearer token (one tenant).")
+    api_keys: bool = Field(default=False, description="Every call must carry an API key made "
+                           "with `pixpipe keys create`; each key sees only its own requests.")
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Port of this "
                               "process's Prometheus /metrics; 0 turns it off.")
     embedded_nats_port: int = 4222
@@ -57,12 +63,30 @@ class Settings(BaseSettings):
 
     # Upload limits.
     max_upload_bytes: int = 50 * 1024 * 1024
+    # The REST gateway's own limits; past them it answers 429 with Retry-After.
+    gateway_max_concurrent_uploads: int = Field(default=8, ge=1, description="Uploads the "
+                                                "gateway receives at once.")
+    gateway_max_streams_per_request: int = Field(default=50, ge=1, description="SSE streams "
+                                                 "the gateway serves for one request.")
+    gateway_max_streams_per_client: int = Field(default=20, ge=1, description="SSE streams "
+                                                "the gateway serves for one client address.")
+    allowed_hosts: Annotated[list[str] | None, NoDecode] = Field(default=None, description=(
+        "Host header values the gateway answers (comma-separated); default: on a loopback "
+        "bind_host, localhost, 127.0.0.1, [::1] and public_base_url's host, else any."))
     max_images_per_request: int = 100_000
     max_url_length: int = 2048
     max_csv_columns: int = Field(default=64, ge=3, description="Columns a CSV may have; "
                                  "a wider header or row is refused before it is parsed.")
     max_urls_per_product: int = Field(default=100, ge=1, description="Image URLs one "
                                       "product's cell may list.")
+    express_lane_max_images: int = Field(default=1000, ge=0, description="Requests of at "
+                                         "most this many images take the express lane, which "
+                                         "workers serve beside the bulk of bigger requests "
+                                         "(0: every request queues in one lane).")
+    ingest_max_concurrent_uploads: int = Field(default=32, ge=1, description="Uploads one "
+                                               "ingest process receives at once; more are "
+                                               "refused RESOURCE_EXHAUSTED (HTTP 429), to "
+                                               "retry shortly.")
 
     # Fetching images.
     allow_private_networks: bool = False
@@ -88,6 +112,13 @@ class Settings(BaseSettings):
     codec_processes: int = Field(default=0, ge=0, description="Pillow processes per worker; "
                                  "0 means one per CPU core (`make run` shares the cores out "
                                  "among the workers it starts).")
+    codec_time_limit_seconds: float = Field(default=60.0, gt=0, description="CPU time one "
+                                            "image may take in a codec process; past it the "
+                                            "process is killed and replaced and the image "
+                                            "fails.")
+    codec_memory_limit_bytes: int = Field(default=2 * 1024**3, ge=0, description="Address "
+                                          "space of each codec process (RLIMIT_AS); an image "
+                                          "that needs more fails. 0 turns it off.")
     job_ack_wait_seconds: float = 30.0
     job_max_deliver: int = Field(default=5, ge=1)
     job_retry_backoff_seconds: Schedule = Field(default=[1.0, 5.0, 15.0, 30.0])
@@ -98,6 +129,14 @@ class Settings(BaseSettings):
     watch_resync_seconds: float = Field(default=2.0, gt=0, description="How long a quiet "
                                         "WatchStatus stream waits before checking the "
                                         "database for changes whose events were lost.")
+    watch_max_per_request: int = Field(default=1000, ge=1, description="WatchStatus "
+                                       "streams one notifier serves for one request; more "
+                                       "are refused RESOURCE_EXHAUSTED.")
+    watch_max_per_client: int = Field(default=1000, ge=1, description="WatchStatus streams "
+                                      "one notifier serves for one client (its API token when "
+                                      "one is set, else its address; the gateway counts as one "
+                                      "client for all its SSE users); more are refused "
+                                      "RESOURCE_EXHAUSTED.")
 
     # Webhooks.
     webhook_secret: str | None = Field(default=None, description="Standard Webhooks signing "
@@ -152,6 +191,16 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [float(part) for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _parse_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
     @field_validator("storage_url")

@@ -20,8 +20,12 @@ from types import FrameType
 import httpx
 
 from pixpipe.db.migrate import upgrade
-from pixpipe.dev.webhook_secret import install_webhook_secret
-from pixpipe.embedded_nats import start_nats_server, start_nats_server_on_free_port
+from pixpipe.dev.webhook_secret import install_nats_token, install_webhook_secret
+from pixpipe.embedded_nats import (
+    start_nats_server,
+    start_nats_server_on_free_port,
+    token_arguments,
+)
 from pixpipe.settings import Settings, codec_processes_per_worker
 
 # How often the stack looks at its processes and, while starting, asks the gateway /readyz.
@@ -54,6 +58,8 @@ class Stack:
     # The install's generated webhook secret, when PIXPIPE_WEBHOOK_SECRET did not set one.
     webhook_secret: str | None = None
     webhook_secret_file: Path | None = None
+    # The embedded NATS server's generated token, when it has one of ours.
+    nats_token: str | None = None
     # The embedded server's port once started: kept across its restarts.
     nats_port: int | None = None
     # Each worker under <data dir>/worker-N, so nothing can rely on a disk they share.
@@ -74,6 +80,9 @@ class Stack:
             env["PIXPIPE_WEBHOOK_SECRET"] = self.webhook_secret
         try:
             if not settings.nats_url:
+                if not settings.nats_token:
+                    self.nats_token, _ = install_nats_token(settings.data_dir)
+                    env["PIXPIPE_NATS_TOKEN"] = self.nats_token
                 self._start_embedded_nats()
                 env["PIXPIPE_NATS_URL"] = self.nats_url
                 env["PIXPIPE_EMBEDDED_NATS_PORT"] = str(self.nats_port)
@@ -108,8 +117,8 @@ class Stack:
     @property
     def gateway_url(self) -> str:
         # A service bound to every interface is reached on loopback.
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.settings.bind_host,
-                                                          self.settings.bind_host)
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(  # noqa: S104  (a lookup, binds nothing)
+            self.settings.bind_host, self.settings.bind_host)
         return f"http://{f'[{host}]' if ':' in host else host}:{self.settings.gateway_port}"
 
     def wait_until_ready(self, timeout: float | None = None) -> None:
@@ -153,13 +162,14 @@ class Stack:
         store_dir = self.settings.data_dir / "jetstream"
         port = self.nats_port or (self.settings.embedded_nats_port
                                   if embedded_nats_port_is_fixed(self.settings) else None)
+        token = token_arguments(self.settings.nats_token or self.nats_token)
         if port is None:
             # A NATS server of some other project may well hold 4222 on this machine.
-            process, port = start_nats_server_on_free_port(store_dir=store_dir,
-                                                           log_file=self._log_path("nats"))
+            process, port = start_nats_server_on_free_port(
+                store_dir=store_dir, log_file=self._log_path("nats"), extra=token)
         else:
             process = start_nats_server(port=port, store_dir=store_dir,
-                                        log_file=self._log_path("nats"))
+                                        log_file=self._log_path("nats"), extra=token)
         self.processes["nats"] = process
         self.started_at["nats"] = self.clock()
         self.nats_port = port
@@ -377,7 +387,8 @@ def main() -> None:
           "readiness: /readyz)")
     print(f"  ingest gRPC    {host}:{settings.ingest_port}")
     print(f"  status gRPC    {host}:{settings.status_port}")
-    print(f"  NATS           {stack.nats_url}")
+    token_note = "  (token required: kept in the data dir)" if stack.nats_token else ""
+    print(f"  NATS           {stack.nats_url}{token_note}")
     print(f"  database       {settings.resolved_database_url}")
     print(f"  workers        {args.workers}")
     if stack.webhook_secret_file is not None:

@@ -5,15 +5,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import secrets
 import time
 from collections.abc import Mapping
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105  (the prefix every secret carries, not a secret)
 DEFAULT_TOLERANCE_SECONDS = 5 * 60
 
 
 class WebhookVerificationError(Exception):
     """The headers or signature of a received webhook do not check out."""
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks secret: ``whsec_`` and 32 random bytes in base64."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def secret_key(secret: str) -> bytes:

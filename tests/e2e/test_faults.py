@@ -94,9 +94,11 @@ async def test_worker_killed_mid_batch(tmp_path, database_url, nats_server: Nats
 
 async def test_nats_cluster_node_killed_then_restarted(tmp_path, database_url, corpus_server,
                                                        receiver, chaos_report) -> None:
-    with nats_cluster(tmp_path / "cluster") as cluster:
+    # As make cluster runs it: clients must present the cluster's token.
+    with nats_cluster(tmp_path / "cluster", token="cluster-t0ken") as cluster:
         async with fault_stack(tmp_path, database_url=database_url, nats_url=cluster.url,
-                         PIXPIPE_STREAM_REPLICAS="3") as stack:
+                               PIXPIPE_STREAM_REPLICAS="3",
+                               PIXPIPE_NATS_TOKEN="cluster-t0ken") as stack:
             async def inject(request_id: str) -> None:
                 cluster.nodes[0].kill()
                 # The batch goes on with two of three nodes; then the third comes back.

@@ -3,6 +3,7 @@ says so, and still serving after a worker or its embedded NATS is SIGKILLed."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -17,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
+import nats.errors
 import pytest
 
+from pixpipe.dev.webhook_secret import NATS_TOKEN_FILE_NAME
 from pixpipe.embedded_nats import free_port
 from tests.support.http_server import CorpusHttpServer
 from tests.support.stack import batch_csv, products_csv
@@ -177,6 +181,16 @@ def wait_terminal(gateway_url: str, request_id: str, timeout: float = 60.0) -> d
     return status(gateway_url, request_id)
 
 
+async def nats_answers(url: str, *, token: str | None) -> str:
+    try:
+        client = await nats.connect(url, token=token, allow_reconnect=False,
+                                    max_reconnect_attempts=0, connect_timeout=5)
+    except (nats.errors.Error, OSError):
+        return "refused"
+    await client.close()
+    return "connected"
+
+
 def readyz(gateway_url: str) -> httpx.Response | None:
     try:
         return httpx.get(f"{gateway_url}/readyz", timeout=5)
@@ -205,6 +219,11 @@ def test_make_run_beside_a_nats_on_4222_takes_an_upload_the_moment_it_is_ready(
         assert all(body["status"] == "not ready" and body["not_ready"] for body in not_ready)
         banner = running.wait_for_output(r"pixpipe is running:[\s\S]*NATS +nats://127\.0\.0\.1:(\d+)")
         assert int(banner.group(1)) != DEFAULT_NATS_PORT
+        # The embedded NATS wants this install's token: no other program can forge jobs.
+        token = (running.data_dir / NATS_TOKEN_FILE_NAME).read_text().strip()
+        nats_url = f"nats://127.0.0.1:{banner.group(1)}"
+        assert asyncio.run(nats_answers(nats_url, token=None)) == "refused"
+        assert asyncio.run(nats_answers(nats_url, token=token)) == "connected"
         # No well-known webhook secret: this install's own, printed and kept in the data dir.
         secret = running.wait_for_output(r"webhook secret (whsec_\S+)  \(kept in (\S+)\)")
         kept = Path(secret.group(2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import struct
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from pixpipe.codec import TransformOptions
 from pixpipe.domain import ImageJob, RequestOptions
 from pixpipe.errors import DecodeError
 from pixpipe.storage import ImageStore
-from services.worker.codec_pool import ChildProcessDied, ChildProcessPool
+from services.worker.codec_pool import ChildProcessDied, ChildProcessPool, TimeLimitExceeded
 from services.worker.processor import CodecPool, TransientFailure
 from tests.support import child_calls
 from tests.support.paths import corpus_root
@@ -143,5 +144,95 @@ async def test_codec_pool_transforms_stores_and_reports_decode_errors(tmp_path: 
             os.kill(pid, signal.SIGKILL)
         with pytest.raises(TransientFailure, match="image processor crashed"):
             await asyncio.wait_for(slow, 10)
+    finally:
+        await codec.aclose()
+
+
+# --- limits --------------------------------------------------------------------------------
+
+async def _until_gone(pid: int) -> None:
+    async with asyncio.timeout(10):
+        while _process_exists(pid):  # noqa: ASYNC110 (a process table, not an event)
+            await asyncio.sleep(0.02)
+
+
+def _address_space(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmSize:"))
+    return int(line.split()[1]) * 1024
+
+
+def _job(name: str) -> ImageJob:
+    return ImageJob(request_id=str(uuid.uuid4()), image_id=uuid.uuid4().hex,
+                    url=f"http://example.com/{name}", options=RequestOptions())
+
+
+async def test_a_call_past_the_time_limit_is_killed_and_the_queued_call_goes_on() -> None:
+    pool = ChildProcessPool(1, depth=2, time_limit=0.3)
+    try:
+        victim = (await pool.run(child_calls.describe, b"", "start"))[2]
+        endless = asyncio.create_task(pool.run(child_calls.spin_then_describe, b"", 30.0, "x"))
+        queued = asyncio.create_task(pool.run(child_calls.describe, b"abc", "queued"))
+
+        with pytest.raises(TimeLimitExceeded, match=r"^took longer than 0\.3 s$"):
+            await asyncio.wait_for(endless, 10)
+        tag, size, pid = await asyncio.wait_for(queued, 10)
+        assert (tag, size) == ("queued", 3) and pid != victim and pool.pids == [pid]
+        await _until_gone(victim)
+    finally:
+        await pool.aclose()
+
+
+async def test_a_slow_image_fails_and_the_rest_of_the_request_goes_on(
+        tmp_path: Path, corpus_dir: Path) -> None:
+    # AVIF of a 4 MP photo takes over a second of CPU, the small photo about 10 ms.
+    codec = CodecPool(1, time_limit_seconds=0.1)
+    store = ImageStore(tmp_path)
+    slow = (corpus_dir / "product-photos" / "colorful-cups.jpg").read_bytes()
+    quick = (corpus_dir / "edge" / "hopper_orientation_6.jpg").read_bytes()
+    try:
+        await codec.transform_and_store(quick, TransformOptions(), store, _job("warm.jpg"))
+        victim = codec.pids[0]
+        outcomes = await asyncio.wait_for(asyncio.gather(
+            codec.transform_and_store(slow, TransformOptions(format="avif"), store,
+                                      _job("slow.jpg")),
+            codec.transform_and_store(quick, TransformOptions(), store, _job("quick.jpg")),
+            return_exceptions=True), 20)
+
+        assert isinstance(outcomes[0], DecodeError)
+        assert outcomes[0].reason == "took longer than 0.1 s"
+        assert not isinstance(outcomes[1], BaseException)
+        with Image.open(store.absolute_path(outcomes[1].relative_path)) as image:
+            assert image.size == (128, 128)
+        await _until_gone(victim)
+        assert len(codec.pids) == 1 and codec.pids != [victim]
+    finally:
+        await codec.aclose()
+
+
+async def test_an_image_needing_too_much_memory_fails_and_its_process_serves_on(
+        tmp_path: Path, corpus_dir: Path) -> None:
+    photo = (corpus_dir / "photos" / "rocket.jpg").read_bytes()
+    # rocket.jpg claiming 7000 x 7000 pixels: 49 MP, allowed, 196 MB once decoded.
+    frame = photo.index(b"\xff\xc0")
+    bomb = photo[:frame + 5] + struct.pack(">HH", 7000, 7000) + photo[frame + 9:]
+    store = ImageStore(tmp_path)
+    # What a codec process takes before any image, under a limit (glibc's arenas are capped).
+    probe = CodecPool(1, memory_limit_bytes=1 << 40)
+    try:
+        await probe.transform_and_store(photo, TransformOptions(), store, _job("probe.jpg"))
+        baseline = _address_space(probe.pids[0])
+    finally:
+        await probe.aclose()
+    limit = baseline + 100 * 1024 * 1024
+    codec = CodecPool(1, memory_limit_bytes=limit)
+    try:
+        with pytest.raises(DecodeError) as failure:
+            await codec.transform_and_store(bomb, TransformOptions(), store, _job("bomb.jpg"))
+        assert failure.value.reason == f"needs more memory than {limit / (1 << 20):.3g} MiB"
+        pid = codec.pids[0]
+        stored = await codec.transform_and_store(photo, TransformOptions(), store,
+                                                 _job("after.jpg"))
+        assert (stored.width, stored.height) == (640, 427) and codec.pids == [pid]
     finally:
         await codec.aclose()

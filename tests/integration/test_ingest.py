@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
 import pytest
 from sqlalchemy import select
 
+from pixpipe.auth import Authenticator
 from pixpipe.bus import JOBS_STREAM, Bus
+from pixpipe.call_limits import retry_delay_seconds
 from pixpipe.db.models import RequestRecord
 from pixpipe.db.repository import Repository
 from pixpipe.domain import ImageState, RequestState
@@ -21,7 +24,8 @@ from pixpipe.settings import Settings
 from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc
 from services.ingest.servicer import IngestServicer
 from tests.support.infrastructure import start_own_nats
-from tests.support.stack import upload
+from tests.support.notifier import until
+from tests.support.stack import upload, upload_messages
 
 CSV = (b"S. No.,Product Name,Input Image Urls\n"
        b'1,Lamp,"https://img.example/a.jpg,https://img.example/b.jpg"\n'
@@ -29,7 +33,8 @@ CSV = (b"S. No.,Product Name,Input Image Urls\n"
 
 
 async def serve_ingest(settings: Settings, repository: Repository, bus: Bus) -> GrpcServer:
-    server = GrpcServer(host="127.0.0.1", port=free_port(), api_token=settings.api_token)
+    server = GrpcServer(host="127.0.0.1", port=free_port(),
+                        authenticator=Authenticator(api_token=settings.api_token, keys=None))
     server.add(ingest_pb2_grpc.add_IngestServiceServicer_to_server,
                IngestServicer(settings, repository, bus), "pixpipe.v1.IngestService")
     await server.start()
@@ -116,8 +121,6 @@ async def test_api_token_is_required_when_configured(
             await upload(f"127.0.0.1:{server.port}", CSV)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = ingest_pb2_grpc.IngestServiceStub(channel)
-            from tests.support.stack import upload_messages
-
             answer = await stub.Upload(upload_messages(CSV),
                                        metadata=(("authorization", "Bearer s3cret"),),
                                        timeout=30)
@@ -178,3 +181,133 @@ async def test_a_file_with_a_thousand_faults_is_refused_as_invalid_not_oversized
     assert violations[0].field == "2:1:S. No."
     assert violations[-1].field == "0:0:"
     assert "more faults not listed" in violations[-1].description
+
+
+MALFORMED_WEBHOOKS = [
+    ("ftp://hooks.example/x", "scheme must be http or https"),
+    ("https://user:secret@hooks.example/x", "credentials in URLs are not allowed"),
+    ("http://a..b/", "'a..b' is not a valid host name"),
+    ("http://①②⑦.0.0.1/", "host is not a valid domain name"),
+    ("http://hooks.example:99999/", "malformed URL"),
+]
+PRIVATE_WEBHOOKS = [
+    "http://127.0.0.1:9/hook",
+    "http://2130706433/hook",
+    "http://0177.0.0.1/hook",
+    "http://0x7f.1/hook",
+    "http://[::1]/hook",
+    "http://[::ffff:127.0.0.1]/hook",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://10.0.0.8/hook",
+    "http://[fe80::1]/hook",
+]
+
+
+async def refusal_of(address: str, webhook_url: str) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await upload(address, CSV, webhook_url=webhook_url, file_name="webhook-refused.csv")
+    return refused.value
+
+
+async def test_a_malformed_webhook_url_is_refused_at_upload(
+        make_settings: Callable[..., Settings], repository: Repository, bus: Bus) -> None:
+    server = await serve_ingest(make_settings(), repository, bus)  # private networks allowed
+    try:
+        refusals = [(await refusal_of(f"127.0.0.1:{server.port}", url), reason)
+                    for url, reason in MALFORMED_WEBHOOKS]
+    finally:
+        await server.stop(0)
+    for error, reason in refusals:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (error.details() or "").startswith("webhook_url: ")
+        assert reason in (error.details() or "")
+        assert [(v.field, reason in v.description) for v in bad_request_details(error)] == [
+            ("webhook_url", True)]
+    await assert_nothing_recorded(repository, "webhook-refused.csv")
+
+
+async def test_a_webhook_url_to_a_private_address_is_refused_unless_allowed(
+        make_settings: Callable[..., Settings], repository: Repository, bus: Bus) -> None:
+    server = await serve_ingest(make_settings(allow_private_networks=False), repository, bus)
+    try:
+        refusals = [await refusal_of(f"127.0.0.1:{server.port}", url)
+                    for url in PRIVATE_WEBHOOKS]
+        accepted = await upload(f"127.0.0.1:{server.port}", CSV,
+                                webhook_url="https://hooks.example/pixpipe")
+    finally:
+        await server.stop(0)
+    for url, error in zip(PRIVATE_WEBHOOKS, refusals, strict=True):
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, url
+        assert "webhooks must go to a public address" in (error.details() or ""), url
+    await assert_nothing_recorded(repository, "webhook-refused.csv")
+    assert accepted.image_count == 3
+
+    allowing = await serve_ingest(make_settings(), repository, bus)
+    try:
+        answer = await upload(f"127.0.0.1:{allowing.port}", CSV,
+                              webhook_url="http://127.0.0.1:9/hook")
+    finally:
+        await allowing.stop(0)
+    assert answer.image_count == 3
+
+
+async def assert_nothing_recorded(repository: Repository, file_name: str) -> None:
+    async with repository._sessions() as session:
+        found = await session.scalar(
+            select(RequestRecord.id).where(RequestRecord.file_name == file_name))
+    assert found is None
+
+
+UploadCall = grpc.aio.StreamUnaryCall[ingest_pb2.UploadRequest, ingest_pb2.UploadResponse]
+
+
+class HeldUpload:
+    """An upload whose stream stays open after its first chunk until ``finish``."""
+
+    def __init__(self, stub: ingest_pb2_grpc.IngestServiceAsyncStub) -> None:
+        self._finished = asyncio.Event()
+        self.call: UploadCall = stub.Upload(self._messages(), timeout=30)
+
+    async def _messages(self) -> AsyncIterator[ingest_pb2.UploadRequest]:
+        messages = list(upload_messages(CSV, chunk_size=40))
+        yield messages[0]
+        yield messages[1]
+        await self._finished.wait()
+        for message in messages[2:]:
+            yield message
+
+    async def finish(self) -> ingest_pb2.UploadResponse:
+        self._finished.set()
+        response: ingest_pb2.UploadResponse = await self.call
+        return response
+
+
+async def test_uploads_past_the_limit_are_refused_until_one_finishes(
+        make_settings: Callable[..., Settings], repository: Repository, bus: Bus) -> None:
+    servicer = IngestServicer(make_settings(ingest_max_concurrent_uploads=2), repository, bus)
+    server = GrpcServer(host="127.0.0.1", port=free_port(), authenticator=Authenticator.open())
+    server.add(ingest_pb2_grpc.add_IngestServiceServicer_to_server, servicer,
+               "pixpipe.v1.IngestService")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = ingest_pb2_grpc.IngestServiceStub(channel)
+            held = [HeldUpload(stub), HeldUpload(stub)]
+            await until(lambda: servicer.uploads_in_progress == 2)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Upload(upload_messages(CSV), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "2 uploads are already in progress" in (refused.value.details() or "")
+            assert retry_delay_seconds(refused.value) == 1
+
+            first = await held[0].finish()
+            assert first.image_count == 3
+            await until(lambda: servicer.uploads_in_progress == 1)
+            third = await stub.Upload(upload_messages(CSV), timeout=10)
+            assert third.image_count == 3
+
+            # A client that hangs up mid-stream gives its slot back too.
+            held[1].call.cancel()
+            await until(lambda: servicer.uploads_in_progress == 0)
+    finally:
+        await server.stop(0)

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pixpipe.auth import Authenticator
 from pixpipe.bus import Bus
 from pixpipe.db.repository import Repository
 from pixpipe.domain import ImageState
@@ -106,7 +107,7 @@ async def test_jobs_outlasting_the_grace_period_are_handed_back_at_once(
 
 
 async def test_a_stopping_grpc_server_reports_not_serving_while_it_drains() -> None:
-    server = GrpcServer(host="127.0.0.1", port=free_port(), api_token=None)
+    server = GrpcServer(host="127.0.0.1", port=free_port(), authenticator=Authenticator.open())
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)

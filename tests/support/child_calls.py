@@ -17,6 +17,14 @@ def wait_then_describe(source: bytes, seconds: float, tag: str) -> tuple[str, in
     return describe(source, tag)
 
 
+def spin_then_describe(source: bytes, seconds: float, tag: str) -> tuple[str, int, int]:
+    """Busy for ``seconds`` of CPU time (sleeping would use none)."""
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+    return describe(source, tag)
+
+
 def raise_value_error(source: bytes, message: str) -> None:
     raise ValueError(message)
 

@@ -64,19 +64,22 @@ async def wait_for_terminal(stack: RunningStack, request_id: str,
                             seconds: float = 240.0) -> status_pb2.RequestStatus:
     """Poll through outages: a status call failing while a part restarts is retried."""
     deadline = time.monotonic() + seconds
+    last_error: Exception | None = None  # services restart mid-fault; say why if none came back
     while True:
         try:
             async with client_for(stack) as client:
                 status = await client.get_status(request_id)
             if status.status in TERMINAL:
                 return status
-        except Exception:
-            pass
-        assert time.monotonic() < deadline, f"request {request_id} never finished"
+        except Exception as error:
+            last_error = error
+        assert time.monotonic() < deadline, (
+            f"request {request_id} never finished (last error: {last_error!r})")
         await asyncio.sleep(0.2)
 
 
-async def completion_events(nats_url: str, request_id: str, seconds: float = 60.0) -> int:
+async def completion_events(nats_url: str, request_id: str, seconds: float = 60.0, *,
+                            token: str | None = None) -> int:
     """How many completion events the events stream holds for the request, once it has one.
 
     The guarantee is "eventually exactly one": a worker whose publish fails during a fault
@@ -87,7 +90,7 @@ async def completion_events(nats_url: str, request_id: str, seconds: float = 60.
     deadline = time.monotonic() + seconds
     while True:
         try:
-            count = await _count_completion_events(nats_url, request_id)
+            count = await _count_completion_events(nats_url, request_id, token)
             if count or time.monotonic() > deadline:
                 return count
         except Exception:
@@ -96,8 +99,8 @@ async def completion_events(nats_url: str, request_id: str, seconds: float = 60.
         await asyncio.sleep(0.5)
 
 
-async def _count_completion_events(nats_url: str, request_id: str) -> int:
-    client = await nats.connect(nats_url.split(","))
+async def _count_completion_events(nats_url: str, request_id: str, token: str | None) -> int:
+    client = await nats.connect(nats_url.split(","), token=token)
     try:
         js = client.jetstream(timeout=15)
         subject = events_subject(request_id)
@@ -151,7 +154,8 @@ async def check_nothing_lost(stack: RunningStack, request_id: str, expected_tota
         f"one file per completed image, no strays: {strays[:5]} not completed, "
         f"{missing[:5]} without a file")
 
-    completions = await completion_events(stack.settings.nats_url or "", request_id)
+    completions = await completion_events(stack.stack.nats_url, request_id,
+                                          token=stack.settings.nats_token or stack.stack.nats_token)
     duplicated += max(0, completions - 1)
     assert completions == 1, f"{completions} completion events"
     if receiver is not None:

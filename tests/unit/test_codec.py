@@ -13,9 +13,16 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageCms, ImageOps
 
-from pixpipe.codec import OutputFormat, TransformOptions, TransformResult, transform_image
+from pixpipe.codec import (
+    MAX_ICC_BYTES,
+    OutputFormat,
+    TransformOptions,
+    TransformResult,
+    transform_image,
+)
 from pixpipe.errors import DecodeError
 from pixpipe.jpeg_encoders import Effort
+from pixpipe.metadata_strip import strip_metadata
 from tests.support.images import decode, mean_difference
 
 PHOTOS = ["rocket.jpg", "hubble_deep_field.jpg", "retina.jpg", "coffee.png", "chelsea.png",
@@ -92,7 +99,8 @@ def test_jpeg_photos_never_grow(photos: Path, name: str) -> None:
     for quality in (20, 50, 95):
         result = transform_image(source, TransformOptions(quality=quality))
         assert len(result.data) <= len(source)
-        assert result.kept_source == (result.data == source)
+        assert result.kept_source == (result.data == strip_metadata(source, "jpeg",
+                                                                    keep_icc=True))
 
 
 @pytest.mark.parametrize("name", PNG_PHOTOS)
@@ -336,7 +344,10 @@ def test_source_kept_when_reencoding_would_grow_it(photos: Path) -> None:
     with Image.open(photos / "rocket.jpg") as rocket:
         source = jpeg_bytes(rocket, quality=5)
     result = transform_image(source, TransformOptions(quality=95))
-    assert result == TransformResult(source, "jpeg", "jpg", 640, 427, "jpeg", 640, 427,
+    # Pillow copied rocket's comment into the source; the kept copy goes without it.
+    stripped = strip_metadata(source, "jpeg", keep_icc=True)
+    assert stripped is not None and b"cmp3" in source and b"cmp3" not in stripped
+    assert result == TransformResult(stripped, "jpeg", "jpg", 640, 427, "jpeg", 640, 427,
                                      kept_source=True)
 
 
@@ -391,6 +402,46 @@ def test_a_greyscale_profile_is_not_attached_to_rgb_output(photos: Path) -> None
     as_webp = decode(transform_image(grey_profile.getvalue(),
                                      TransformOptions(format="webp")).data)
     assert (as_webp.mode, as_webp.info.get("icc_profile")) == ("RGB", None)
+
+
+def oversized_profile() -> bytes:
+    """A well-formed sRGB profile padded past the limit, its header's size field to match."""
+    profile = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    profile += bytes(MAX_ICC_BYTES + 100_000 - len(profile))
+    profile[0:4] = len(profile).to_bytes(4, "big")
+    return bytes(profile)
+
+
+def garbage_profile() -> bytes:
+    """An RGB profile's header (so it looks right for RGB pixels) over bytes lcms rejects."""
+    header = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()[:128]
+    return header + b"\xff" * 1000
+
+
+@pytest.mark.parametrize("profile", [oversized_profile(), garbage_profile()],
+                         ids=["larger than 1 MB", "garbage"])
+@pytest.mark.parametrize("fmt", ["jpeg", "webp"])
+def test_a_refused_profile_is_dropped_and_the_image_still_made(
+        photos: Path, profile: bytes, fmt: OutputFormat) -> None:
+    with Image.open(photos / "rocket.jpg") as rocket:
+        pixels = rocket.convert("RGB")
+        source = jpeg_bytes(rocket, quality=90, icc_profile=profile)
+    assert decode(source).info["icc_profile"] == profile
+
+    result = transform_image(source, TransformOptions(format=fmt))
+
+    out = decode(result.data)
+    assert not result.kept_source and "icc_profile" not in out.info
+    assert len(result.data) < 100_000 and mean_difference(out, pixels) < 6
+
+
+def test_a_kept_source_loses_a_refused_profile(photos: Path) -> None:
+    with Image.open(photos / "rocket.jpg") as rocket:
+        source = jpeg_bytes(rocket, quality=5, icc_profile=oversized_profile())
+    result = transform_image(source, TransformOptions(quality=95))
+    assert result.kept_source and len(result.data) < MAX_ICC_BYTES
+    out = decode(result.data)
+    assert "icc_profile" not in out.info and out.tobytes() == decode(source).tobytes()
 
 
 def test_sixteen_bit_greyscale_is_scaled_not_clipped(photos: Path) -> None:

@@ -59,22 +59,34 @@ def parse(data: str | bytes) -> ParsedCsv:
         pytest.param(f"{HEADER}{'9' * 5000},A,{A}\n", {}, 2, 1, "is over 4294967295",
                      id="serial-huge"),
         pytest.param(f"{HEADER}1,A,ftp://img.example/a.jpg\n", {}, 2, 3,
-                     "URL 1: 'ftp://img.example/a.jpg' uses scheme 'ftp'", id="ftp-scheme"),
+                     "URL 1 'ftp://img.example/a.jpg': scheme must be http or https, not 'ftp'",
+                     id="ftp-scheme"),
         pytest.param(f"{HEADER}1,A,\n", {}, 2, 3, "no image URLs", id="empty-url-cell"),
-        pytest.param(f'{HEADER}1,A,"{A},,{B}"\n', {}, 2, 3, "URL 2: empty URL",
+        pytest.param(f'{HEADER}1,A,"{A},,{B}"\n', {}, 2, 3, "URL 2 is empty",
                      id="empty-url-between-commas"),
-        pytest.param(f"{HEADER}1,A,http://\n", {}, 2, 3, "'http://' has no host",
+        pytest.param(f"{HEADER}1,A,http://\n", {}, 2, 3, "'http://': host is required",
                      id="url-without-host"),
         pytest.param(f"{HEADER}1,A,img.example/a.jpg\n", {}, 2, 3,
-                     "is not an absolute http or https URL", id="url-without-scheme"),
+                     "'img.example/a.jpg': scheme must be http or https", id="url-without-scheme"),
         pytest.param(f'{HEADER}1,A,"http://img.example/a b.jpg"\n', {}, 2, 3,
                      "contains whitespace", id="url-with-space"),
-        pytest.param(f"{HEADER}1,A,http://[::1/a.jpg\n", {}, 2, 3, "is not a valid URL",
+        pytest.param(f"{HEADER}1,A,http://[::1/a.jpg\n", {}, 2, 3, "malformed URL",
                      id="url-bad-ipv6"),
         pytest.param(f"{HEADER}1,A,http://img.example:99999/a.jpg\n", {}, 2, 3,
-                     "is not a valid URL", id="url-bad-port"),
+                     "malformed URL", id="url-bad-port"),
+        pytest.param(f"{HEADER}1,A,https://user:pw@img.example/a.jpg\n", {}, 2, 3,
+                     "credentials in URLs are not allowed", id="url-with-credentials"),
+        pytest.param(f"{HEADER}1,A,http://a..b/x.jpg\n", {}, 2, 3,
+                     "'a..b' is not a valid host name", id="url-empty-label"),
+        pytest.param(f"{HEADER}1,A,http://①②⑦.0.0.1/x.jpg\n", {}, 2, 3,
+                     "host is not a valid domain name", id="url-nfkc-digits"),
+        pytest.param(f"{HEADER}1,A,http://img.example:0/x.jpg\n", {}, 2, 3,
+                     "port 0 is not allowed", id="url-port-0"),
+        pytest.param(f"{HEADER}1,A,http://999.0.0.1/x.jpg\n", {}, 2, 3,
+                     "not a valid IPv4 address", id="url-bad-ipv4"),
         pytest.param(f"{HEADER}1,A,{A}\n", {"max_url_length": 10}, 2, 3,
-                     "URL 1: URL is 25 characters long, over the limit of 10", id="url-too-long"),
+                     "URL 1 'https://img.example/a.jpg': URL is 25 characters long, over the limit "
+                     "of 10", id="url-too-long"),
         pytest.param(f'{HEADER}1,"Mug"x,{A}\n2,B,{A}\n', {}, 2, 2,
                      "unexpected 'x' after a closing quote", id="stray-quote"),
         pytest.param(f'{HEADER}1,A,{A}\n2,"Mug,{A}\n3,C,{A}\n', {}, 3, 2,
@@ -136,7 +148,7 @@ def test_every_fault_in_a_file_is_reported() -> None:
         (3, 1), (4, 1), (4, 2), (4, 3), (7, 0), (8, 2),
     ]
     assert "already used on line 2" in faults[0].reason
-    assert "URL 2:" in faults[3].reason
+    assert "URL 2 'ftp://x/y.png'" in faults[3].reason
     assert faults[0].field == "S. No."
 
 

@@ -15,6 +15,8 @@ from pixpipe.metrics import FAILURE_KINDS, failure_kind
     ("image larger than 50 MB", "too_large"),
     ("image exceeds 50 megapixels", "too_many_pixels"),
     ("timed out after 30 s", "timeout"),
+    ("took longer than 60 s", "timeout"),
+    ("needs more memory than 2 GiB", "too_much_memory"),
     ("source address not allowed", "address_not_allowed"),
     ("invalid URL: bad host 'x\\u202e'", "invalid_url"),
     ("corrupt PNG data", "corrupt"),

@@ -19,6 +19,7 @@ from typing import BinaryIO
 import grpc
 from rich.console import Console
 
+from pixpipe.cli.keys import add_keys_commands, run_keys_command
 from pixpipe.cli.progress import follow
 from pixpipe.cli.render import (
     IMAGE_ROW_HEADER,
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("-o", "--output", default="-", help="file to write ('-': stdout)")
     output.add_argument("--base-url", default="", help="base of the image URLs (default: "
                                                        "the server's PIXPIPE_PUBLIC_BASE_URL)")
+    add_keys_commands(commands)
     return parser
 
 
@@ -322,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
     try:
+        if args.command == "keys":
+            return run_keys_command(args, console)
         return asyncio.run(run(args, console))
     except BrokenPipeError:
         # The reader went away (``pixpipe status … --all | head``): nothing to tell it, and

@@ -1,4 +1,4 @@
-"""SQLAlchemy models: requests, their products and images, webhook deliveries, reusable outputs."""
+"""SQLAlchemy models: API keys, requests with their products and images, webhooks, reuse."""
 
 from __future__ import annotations
 
@@ -35,6 +35,23 @@ class Base(DeclarativeBase):
 Base.metadata.naming_convention = NAMING_CONVENTION
 
 
+class ApiKeyRecord(Base):
+    """A shop's key: only the SHA-256 of its token is kept; the token is shown once."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    # The token's first characters, so a listing tells keys apart without revealing them.
+    token_prefix: Mapped[str] = mapped_column(String(16))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    webhook_secret: Mapped[str] = mapped_column(Text)
+    max_concurrent_requests: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_images_per_hour: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 class RequestRecord(Base):
     __tablename__ = "requests"
 
@@ -57,9 +74,13 @@ class RequestRecord(Base):
     completion_published_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True, index=True)
 
+    # The key that uploaded it; None in single-token or open mode.
+    api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"), nullable=True)
+
     products: Mapped[list[ProductRecord]] = relationship(back_populates="request")
 
-    __table_args__ = (Index("ix_requests_status_created_at", "status", "created_at"),)
+    __table_args__ = (Index("ix_requests_status_created_at", "status", "created_at"),
+                      Index("ix_requests_api_key_id_created_at", "api_key_id", "created_at"))
 
 
 class ProductRecord(Base):

@@ -186,6 +186,8 @@ class Repository:
         webhook_url: str | None,
         file_name: str,
         committed: Callable[[JobBatch], Coroutine[Any, Any, None]] | None = None,
+        api_key_id: str | None = None,
+        express: bool = False,
     ) -> tuple[str, JobBatch]:
         """Record a validated upload with its products and images; return the jobs to queue.
 
@@ -194,7 +196,7 @@ class Repository:
         """
         jobs = await RequestWriter(self._sessions.kw["bind"], self._writes).record(
             parsed, options=options, webhook_url=webhook_url, file_name=file_name,
-            committed=committed)
+            committed=committed, api_key_id=api_key_id, express=express)
         return jobs.request_id, jobs
 
     async def fail_unqueued_request(self, request_id: str, reason: str) -> None:
@@ -288,6 +290,14 @@ class Repository:
         return _request_view(record, page, _webhook_view(record, delivery),
                              state=images.state if images else None)
 
+    async def belongs_to(self, request_id: str, api_key_id: str | None) -> bool:
+        """Whether the request exists and that key (None: no key) uploaded it."""
+        async with self._sessions() as session:
+            owner = await session.execute(select(RequestRecord.api_key_id).where(
+                RequestRecord.id == request_id))
+            row = owner.one_or_none()
+        return row is not None and row[0] == api_key_id
+
     async def list_images(self, request_id: str, query: ImagePageQuery) -> ImagePage | None:
         """One page of a request's images; None when the request is unknown."""
         async with self._sessions() as session:
@@ -318,12 +328,16 @@ class Repository:
         return ImagePage(images=images, next_after=ImageCursor(last.serial_number,
                                                                last.position))
 
-    async def list_requests(self, *, limit: int) -> list[RequestView]:
-        """The newest requests first, without their images."""
+    async def list_requests(self, *, limit: int, of_key: bool = False,
+                            api_key_id: str | None = None) -> list[RequestView]:
+        """The newest requests first, without their images; ``of_key``: only those the key
+        ``api_key_id`` uploaded (None: those no key uploaded)."""
+        query = select(RequestRecord).order_by(RequestRecord.created_at.desc()).limit(limit)
+        if of_key:
+            query = query.where(RequestRecord.api_key_id.is_(None) if api_key_id is None
+                                else RequestRecord.api_key_id == api_key_id)
         async with self._sessions() as session:
-            records = (await session.scalars(
-                select(RequestRecord).order_by(RequestRecord.created_at.desc()).limit(limit)
-            )).all()
+            records = (await session.scalars(query)).all()
         return [_request_view(record, ImagePage(images=[])) for record in records]
 
     async def output_rows(self, request_id: str, *, products_per_read: int = 1000,

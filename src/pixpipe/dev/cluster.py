@@ -15,6 +15,7 @@ from pathlib import Path
 from pixpipe.dev.local_postgres import throwaway_postgres
 from pixpipe.dev.nats_cluster import nats_cluster
 from pixpipe.dev.seaweedfs import seaweed_s3
+from pixpipe.dev.webhook_secret import NATS_TOKEN_FILE_NAME, install_nats_token
 from pixpipe.settings import Settings
 from pixpipe.stack import Stack, run_until_stopped, stop_on_signals
 
@@ -47,19 +48,22 @@ def main() -> None:
     base = Settings()
     stop_requested = stop_on_signals()
     root = Path(tempfile.mkdtemp(prefix="pixpipe-cluster-"))
-    with (nats_cluster(root / "nats") as cluster, database(base) as url,
+    nats_token = base.nats_token or install_nats_token(root)[0]
+    with (nats_cluster(root / "nats", token=nats_token) as cluster, database(base) as url,
           object_storage(base, root / "s3") as storage):
         settings = base.model_copy(update={"nats_url": cluster.url, "database_url": url,
-                                           "stream_replicas": 3})
+                                           "stream_replicas": 3, "nats_token": nats_token})
         stack = Stack(settings=settings, workers=args.workers, log_dir=root / "logs",
                       environment={"PIXPIPE_NATS_URL": cluster.url,
+                                   "PIXPIPE_NATS_TOKEN": nats_token,
                                    "PIXPIPE_DATABASE_URL": url,
                                    "PIXPIPE_STREAM_REPLICAS": "3", **storage},
                       separate_worker_data_dirs=True)
         stack.start()
         print("pixpipe cluster is running:")
         for node in cluster.nodes:
-            print(f"  NATS {node.name}        nats://127.0.0.1:{node.client_port}")
+            print(f"  NATS {node.name}        nats://127.0.0.1:{node.client_port}  (token in "
+                  f"{root / NATS_TOKEN_FILE_NAME})")
         print(f"  PostgreSQL     {url}")
         print(f"  workers        {args.workers}, each with its own data directory")
         print(f"  object storage {storage.get('PIXPIPE_STORAGE_URL') or settings.storage_url}"

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pixpipe.embedded_nats import free_port, start_nats_server
+from pixpipe.embedded_nats import free_port, start_nats_server, token_arguments
 
 
 @dataclass
@@ -18,6 +18,7 @@ class ClusterNode:
     cluster_port: int
     store_dir: Path
     routes: str
+    token: str | None = None
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -26,7 +27,7 @@ class ClusterNode:
             log_file=self.store_dir.parent / f"{self.name}.log",
             extra=["-n", self.name, "--cluster_name", "pixpipe",
                    "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
-                   "--routes", self.routes])
+                   "--routes", self.routes, *token_arguments(self.token)])
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -53,12 +54,14 @@ class NatsCluster:
 
 
 @contextmanager
-def nats_cluster(root: Path, size: int = 3) -> Iterator[NatsCluster]:
+def nats_cluster(root: Path, size: int = 3, *,
+                 token: str | None = None) -> Iterator[NatsCluster]:
+    """``size`` nodes routed to each other; with ``token``, clients must present it."""
     cluster_ports = [free_port() for _ in range(size)]
     routes = ",".join(f"nats://127.0.0.1:{port}" for port in cluster_ports)
     cluster = NatsCluster([
         ClusterNode(name=f"n{index + 1}", client_port=free_port(), cluster_port=port,
-                    store_dir=root / f"n{index + 1}", routes=routes)
+                    store_dir=root / f"n{index + 1}", routes=routes, token=token)
         for index, port in enumerate(cluster_ports)])
     try:
         for node in cluster.nodes:

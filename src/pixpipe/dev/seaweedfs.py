@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 ACCESS_KEY = "pixpipe-local"
-SECRET_KEY = "pixpipe-local-secret-key"
+SECRET_KEY = "pixpipe-local-secret-key"  # noqa: S105  (a throwaway S3 on 127.0.0.1)
 REGION = "us-east-1"
 BUCKET = "pixpipe"
 # Each SeaweedFS part also listens on its port + 10000 for gRPC. Ports drawn below the
@@ -44,7 +44,7 @@ def _bindable(port: int) -> bool:
 def _free_seaweed_ports(count: int) -> list[int]:
     ports: list[int] = []
     while len(ports) < count:
-        port = random.randrange(*_PORT_RANGE)
+        port = random.randrange(*_PORT_RANGE)  # noqa: S311  (a port, not a secret)
         if port not in ports and _bindable(port) and _bindable(port + 10000):
             ports.append(port)
     return ports

@@ -1,0 +1,1 @@
+"""Property tests over untrusted input (make fuzz): CSV uploads and downloaded image bytes."""
