@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
 from fastapi.responses import JSONResponse
 from google.protobuf.json_format import MessageToDict
 
+from pixpipe.call_limits import retry_delay_seconds
 from pixpipe.grpc_errors import bad_request_details, violation_to_fault
 
 # https://cloud.google.com/apis/design/errors#handling_errors — the canonical mapping.
@@ -51,10 +54,10 @@ def error_body(code: grpc.StatusCode, message: str,
                       "message": message, "details": [] if details is None else details}}
 
 
-def error_response(code: grpc.StatusCode, message: str, *,
-                   http_status: int | None = None) -> JSONResponse:
+def error_response(code: grpc.StatusCode, message: str, *, http_status: int | None = None,
+                   headers: Mapping[str, str] | None = None) -> JSONResponse:
     body = error_body(code, message, http_status=http_status)
-    return JSONResponse(body, status_code=body["error"]["code"])
+    return JSONResponse(body, status_code=body["error"]["code"], headers=headers)
 
 
 def response_for_rpc_error(error: grpc.aio.AioRpcError) -> JSONResponse:
@@ -74,4 +77,7 @@ def response_for_rpc_error(error: grpc.aio.AioRpcError) -> JSONResponse:
              "reason": fault.reason}
             for fault in map(violation_to_fault, violations)
         ]
-    return JSONResponse(body, status_code=body["error"]["code"])
+    # A service past its concurrency cap says when to come back (google.rpc.RetryInfo).
+    delay = retry_delay_seconds(error) if code == grpc.StatusCode.RESOURCE_EXHAUSTED else None
+    headers = {"Retry-After": str(max(1, math.ceil(delay)))} if delay is not None else None
+    return JSONResponse(body, status_code=body["error"]["code"], headers=headers)

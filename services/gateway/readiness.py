@@ -19,17 +19,6 @@ INGEST_SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_na
 STATUS_SERVICE = status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name
 _OK = "ok"
 
-RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "Every service an upload needs answers",
-          "content": {"application/json": {"example": {
-              "status": "ready", "checks": {"ingest": "ok", "status": "ok", "database": "ok"}}}}},
-    503: {"description": "Something an upload needs is not ready; `not_ready` names it",
-          "content": {"application/json": {"example": {
-              "status": "not ready", "not_ready": ["ingest"],
-              "checks": {"ingest": "UNAVAILABLE: failed to connect to all addresses",
-                         "status": "ok", "database": "ok"}}}}},
-}
-
 
 @dataclass(frozen=True)
 class Readiness:

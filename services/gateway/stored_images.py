@@ -1,10 +1,13 @@
-"""``/processed_images/...``: files from the data dir, or a way to the object in the bucket."""
+"""``/processed_images/...``: files from the data dir, or a way to the object in the bucket.
+
+Public: output URLs are handed out in webhooks and CSVs to be fetched without a token.
+"""
 
 from __future__ import annotations
 
 import re
 
-from fastapi import FastAPI, Response
+from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -27,13 +30,14 @@ def mount_processed_images(app: FastAPI, settings: Settings) -> None:
         app.mount(PROCESSED_IMAGES_ROUTE, StaticFiles(directory=settings.images_dir),
                   name="processed_images")
         return
-    add_object_storage_route(app, settings, store)
+    app.include_router(object_storage_router(settings, store))
 
 
-def add_object_storage_route(app: FastAPI, settings: Settings, store: S3Store) -> None:
+def object_storage_router(settings: Settings, store: S3Store) -> APIRouter:
+    router = APIRouter(include_in_schema=False)
     not_found = Response(status_code=404)
 
-    @app.get(PROCESSED_IMAGES_ROUTE + "/{path:path}", include_in_schema=False)
+    @router.get(PROCESSED_IMAGES_ROUTE + "/{path:path}")
     async def processed_image(path: str) -> Response:
         if not _OUTPUT_PATH.fullmatch(path):
             return not_found
@@ -54,3 +58,5 @@ def add_object_storage_route(app: FastAPI, settings: Settings, store: S3Store) -
             ("ETag", stored.etag), ("Cache-Control", stored.cache_control)) if value}
         return StreamingResponse(iterate_in_threadpool(stored.chunks()),
                                  media_type=stored.content_type, headers=headers)
+
+    return router

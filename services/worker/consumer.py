@@ -165,10 +165,27 @@ class JobConsumer:
 
     async def _handle(self, message: Msg) -> None:
         try:
-            job = ImageJob.model_validate_json(message.data)
+            claimed = ImageJob.model_validate_json(message.data)
         except ValidationError:
             log.error("dropping malformed job message: %r", message.data[:200])
             await message.term()
+            return
+        # The message names the image; what to fetch and how comes from the database, so a
+        # message forged on the bus can neither point an image at another URL nor borrow
+        # another request's options or key.
+        try:
+            job = await self._repository.open_job(claimed.image_id)
+        except Exception:
+            log.warning("could not look up job %s; it will be redelivered", claimed.message_id,
+                        exc_info=True)
+            with contextlib.suppress(Exception):
+                await message.nak(delay=self._delay(message))
+            return
+        if job is None or job.request_id != claimed.request_id:
+            if job is not None:
+                log.error("dropping job %s: the image belongs to another request",
+                          claimed.message_id)
+            await message.ack()  # unknown, settled, or not what it claims to be
             return
         self._working[id(message)] = message
         self._metrics.in_flight.inc()

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from pixpipe.call_limits import retry_delay_seconds
@@ -105,6 +106,23 @@ async def test_a_key_sees_only_its_own_requests_and_signs_its_own_webhooks(
             assert [r.request_id for r in listed_a.requests] == [request_id]
             assert b"".join([chunk async for chunk in a.export_csv(request_id)])
 
+        # The same through the REST gateway, which passes each caller's key on.
+        async with httpx.AsyncClient(base_url=keyed_stack.gateway_url, timeout=30) as rest:
+            as_a = {"Authorization": f"Bearer {shop_a['token']}"}
+            as_b = {"Authorization": f"Bearer {shop_b['token']}"}
+            assert (await rest.get(f"/status/{request_id}", headers=as_a)).status_code == 200
+            for path in (f"/status/{request_id}", f"/status/{request_id}/csv",
+                         f"/status/{request_id}/events"):
+                answer = await rest.get(path, headers=as_b)
+                assert answer.status_code == 404, (path, answer.text)
+                assert (await rest.get(path)).status_code == 401
+            assert (await rest.get(path, headers={"Authorization": "Bearer pxp_nobody"})
+                    ).status_code == 401
+            mine = (await rest.get("/requests", headers=as_a)).json()["requests"]
+            theirs = (await rest.get("/requests", headers=as_b)).json()["requests"]
+            assert [r["request_id"] for r in mine] == [request_id]
+            assert request_id not in {r["request_id"] for r in theirs}
+
         delivered = receiver.wait_for_success()
         verify(delivered.headers, delivered.body, shop_a["webhook_secret"])
         with pytest.raises(WebhookVerificationError):
@@ -151,3 +169,9 @@ async def test_a_key_is_held_to_its_images_per_hour(
     assert "20 images per hour" in (error.details() or "")
     delay = retry_delay_seconds(error)
     assert delay is not None and 3000 < delay <= 3600
+    async with httpx.AsyncClient(base_url=keyed_stack.gateway_url, timeout=30) as rest:
+        answer = await rest.post("/upload/", files={"file": ("p.csv", csv_path.read_bytes(),
+                                                             "text/csv")},
+                                 headers={"Authorization": f"Bearer {limited['token']}"})
+    assert answer.status_code == 429, answer.text
+    assert 3000 < int(answer.headers["Retry-After"]) <= 3600

@@ -8,12 +8,13 @@ import httpx
 
 from pixpipe.embedded_nats import free_port
 from pixpipe.settings import Settings
-from services.gateway.app import create_app, resume_version
+from services.gateway.app import create_app
+from services.gateway.sse import resume_version
 
 
 def client_for(settings: Settings) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(settings)),
-                             base_url="http://gateway")
+                             base_url="http://localhost")
 
 
 async def test_api_token_guards_every_route_but_health_and_files(
@@ -83,7 +84,7 @@ async def test_bad_last_event_ids_never_break_the_event_stream(
     app = create_app(make_settings(ingest_address=f"127.0.0.1:{free_port()}",
                                    status_address=f"127.0.0.1:{free_port()}"))
     async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+            transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
         answer = await client.get("/status/6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f/events",
                                   headers={"Last-Event-ID": "99999999999999999999"})
     # No status service runs behind this gateway: unavailable, never an internal error.
@@ -93,7 +94,31 @@ async def test_bad_last_event_ids_never_break_the_event_stream(
 
 async def test_the_auth_check_reads_the_routed_path_not_the_host_header(
         make_settings: Callable[..., Settings]) -> None:
-    async with client_for(make_settings(api_token="s3cret")) as client:
+    # Any Host is let through to show the token check never looks at it.
+    async with client_for(make_settings(api_token="s3cret", allowed_hosts=["*"])) as client:
         for host in ("gateway/healthz?", "gateway/healthz#", "gateway/static/"):
             refused = await client.get("/requests", headers={"Host": host})
             assert refused.status_code == 401, host
+
+
+async def test_the_description_names_the_token_routes_and_the_resume_header(
+        make_settings: Callable[..., Settings]) -> None:
+    async with client_for(make_settings()) as client:
+        spec = (await client.get("/openapi.json")).json()
+    public = {"/healthz", "/readyz"}
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            assert bool(operation.get("security")) == (path not in public), (method, path)
+    events = spec["paths"]["/status/{request_id}/events"]["get"]
+    assert {"in": "header", "name": "Last-Event-ID"}.items() <= next(
+        parameter for parameter in events["parameters"]
+        if parameter["in"] == "header").items()
+
+
+async def test_a_method_not_allowed_names_the_allowed_ones(
+        make_settings: Callable[..., Settings]) -> None:
+    async with client_for(make_settings()) as client:
+        refused = await client.delete("/healthz")
+    assert refused.status_code == 405
+    assert refused.headers["Allow"] == "GET"
+    assert refused.json()["error"]["code"] == 405

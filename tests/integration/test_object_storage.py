@@ -94,7 +94,7 @@ def test_gateway_serves_objects(s3_environment: dict[str, str], serve: str,
     settings = Settings(data_dir=tmp_path, storage_url=s3_environment["PIXPIPE_STORAGE_URL"],
                         s3_endpoint_url=s3_environment["PIXPIPE_S3_ENDPOINT_URL"],
                         s3_serve=serve)  # type: ignore[arg-type]
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url="http://localhost") as client:
         answer = client.get(f"/processed_images/{path}", follow_redirects=False)
         if serve == "redirect":
             assert answer.status_code == 307

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -201,6 +202,37 @@ async def test_worker_metrics_count_outcomes_and_failure_reasons(
 
     assert value(text, 'pixpipe_images_total{outcome="completed"}') >= 1
     assert value(text, 'pixpipe_image_failures_total{reason="http_4xx"}') >= 1
+
+
+async def test_a_job_is_done_as_the_database_records_it_not_as_the_bus_claims(
+        make_settings: Callable[..., Settings], repository: Repository, bus: Bus,
+        http_server: CorpusHttpServer) -> None:
+    """A message forged for a real image, with another URL and options, fetches and encodes
+    what the request recorded; a forged request id for it is dropped."""
+    import json
+
+    from pixpipe.bus import jobs_subject
+
+    photo = http_server.url("/photos/rocket.jpg")
+    elsewhere = http_server.url("/photos/logo.png")
+    csv_bytes = f"S. No.,Product Name,Input Image Urls\n1,Thing,{photo}\n".encode()
+    request_id, jobs = await repository.create_request(
+        parse_products_csv(csv_bytes), options=RequestOptions(quality=60), webhook_url=None,
+        file_name="t.csv")
+    image_id = jobs[0].image_id
+    other_request = str(uuid.uuid4())
+    for claimed_request, tag in ((other_request, "wrong-request"), (request_id, "forged")):
+        forged = {"request_id": claimed_request, "image_id": image_id, "url": elsewhere,
+                  "options": {"quality": 5, "format": "webp"}}
+        await bus.js.publish(jobs_subject(claimed_request), json.dumps(forged).encode(),
+                             headers={"Nats-Msg-Id": f"{tag}-{image_id}"})
+    async with running_worker(make_settings()):
+        view = await wait_terminal(repository, request_id)
+    [image] = view.images
+    assert image.status == ImageState.COMPLETED, image.error
+    assert image.quality_used == 60 and image.output_path and image.output_path.endswith(".jpg")
+    fetched = {request.path for request in http_server.requests}
+    assert "/photos/rocket.jpg" in fetched and "/photos/logo.png" not in fetched
 
 
 async def test_a_forged_job_is_dropped_and_writes_nothing(

@@ -32,6 +32,7 @@ from pixpipe.domain import (
     TERMINAL_REQUEST_STATES,
     ImageChange,
     ImageCursor,
+    ImageJob,
     ImageOutcome,
     ImagePage,
     ImageState,
@@ -77,6 +78,12 @@ def _one_of(column: ColumnElement[str], values: Sequence[str]) -> ColumnElement[
 _IMAGE_IS_OPEN = _one_of(_images.c.status, _OPEN_IMAGE_STATES)
 
 # The hot statements are built once; workers run them for every image.
+_OPEN_JOB = (
+    select(_images.c.request_id, _images.c.input_url, _requests.c.options,
+           _requests.c.api_key_id)
+    .join(_requests, _requests.c.id == _images.c.request_id)
+    .where(_images.c.id == bindparam("p_image_id"), _IMAGE_IS_OPEN)
+)
 _START_IMAGE = (
     update(_images)
     .where(_images.c.id == bindparam("p_image_id"), _IMAGE_IS_OPEN)
@@ -203,6 +210,17 @@ class Repository:
         """Fail every open image of a request whose jobs could not all be queued."""
         await RequestWriter(self._sessions.kw["bind"], self._writes).fail_unqueued(
             request_id, reason)
+
+    async def open_job(self, image_id: str) -> ImageJob | None:
+        """The job of an open image as the database records it (request, URL, options and
+        key), whatever a message on the bus claims; None when it is unknown or settled."""
+        async with self._sessions() as session:
+            row = (await session.execute(_OPEN_JOB, {"p_image_id": image_id})).one_or_none()
+        if row is None:
+            return None
+        return ImageJob(request_id=row.request_id, image_id=image_id, url=row.input_url,
+                        options=RequestOptions.model_validate(row.options or {}),
+                        tenant=row.api_key_id or "")
 
     async def start_image(self, image_id: str, *, worker: str = "") -> ImageChange | None:
         """Mark an image processing; None when it is unknown or already terminal."""
