@@ -166,7 +166,7 @@ async def test_input_that_amplifies_is_refused_with_line_and_column(
 
 async def test_a_file_with_a_thousand_faults_is_refused_as_invalid_not_oversized(
         make_settings: Callable[..., Settings], repository: Repository, bus: Bus) -> None:
-    """Every fault listed would pass the 16 KB of trailers gRPC clients accept by default,
+    """Every fault listed would pass the 8 KB of trailers gRPC clients reliably accept,
     turning the refusal into RESOURCE_EXHAUSTED: the first ones are listed, the rest counted."""
     csv = HEADER + "\n" + "".join(f"x{n},P{n},{URL}\n" for n in range(1, 1200))
     server = await serve_ingest(make_settings(), repository, bus)
