@@ -113,11 +113,18 @@ async def test_a_key_sees_only_its_own_requests_and_signs_its_own_webhooks(
             assert (await rest.get(f"/status/{request_id}", headers=as_a)).status_code == 200
             for path in (f"/status/{request_id}", f"/status/{request_id}/csv",
                          f"/status/{request_id}/events"):
-                answer = await rest.get(path, headers=as_b)
-                assert answer.status_code == 404, (path, answer.text)
+                reply = await rest.get(path, headers=as_b)
+                assert reply.status_code == 404, (path, reply.text)
                 assert (await rest.get(path)).status_code == 401
             assert (await rest.get(path, headers={"Authorization": "Bearer pxp_nobody"})
                     ).status_code == 401
+            # Output files too: its own key reads them, another is told they do not exist.
+            output = next(image.output_url for image in status.images
+                          if image.HasField("output_url"))
+            file = await rest.get(output, headers=as_a)
+            assert file.status_code == 200 and file.content[:2] == b"\xff\xd8"
+            assert (await rest.get(output, headers=as_b)).status_code == 404
+            assert (await rest.get(output)).status_code == 401
             mine = (await rest.get("/requests", headers=as_a)).json()["requests"]
             theirs = (await rest.get("/requests", headers=as_b)).json()["requests"]
             assert [r["request_id"] for r in mine] == [request_id]

@@ -1032,14 +1032,26 @@
   function thumbnail(url, alt) {
     const href = safeUrl(url);
     if (!href) return h("span", { class: "thumb empty" }, "—");
-    const image = h("img", {
-      src: href, alt, loading: "lazy", decoding: "async", width: 64, height: 64,
-    });
+    const image = h("img", { alt, decoding: "async", width: 64, height: 64 });
     const link = h("a", { href, target: "_blank", rel: "noopener noreferrer", class: "thumb",
       title: "Open the compressed image" }, image);
-    image.addEventListener("error", () => {
-      link.replaceWith(h("span", { class: "thumb empty" }, "No preview"));
-    }, { once: true });
+    const noPreview = () => link.replaceWith(h("span", { class: "thumb empty" }, "No preview"));
+    image.addEventListener("error", noPreview, { once: true });
+    if (apiToken && new URL(href, window.location.href).origin === window.location.origin) {
+      // With API keys the gateway gives an output only to the key that made it, and an <img>
+      // cannot send a token: fetch it with the token and show the bytes.
+      fetch(href, { headers: { Authorization: `Bearer ${apiToken}` } })
+        .then((answer) => (answer.ok ? answer.blob() : Promise.reject(answer.status)))
+        .then((blob) => {
+          const local = URL.createObjectURL(blob);
+          image.src = local;
+          link.href = local;
+        })
+        .catch(noPreview);
+    } else {
+      image.loading = "lazy";
+      image.src = href;
+    }
     return link;
   }
 
