@@ -181,6 +181,8 @@ class Settings(BaseSettings):
                                 "URLs conditionally.")
 
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(default="text", description="`json`: one "
+                                                "JSON object per log line, for collectors.")
 
     @field_validator("job_retry_backoff_seconds", "webhook_retry_schedule", mode="before")
     @classmethod
