@@ -37,15 +37,14 @@ _IMAGE_STATES = {
 }
 IMAGE_STATES_TO_PROTO = _IMAGE_STATES
 IMAGE_STATES_FROM_PROTO = {value: key for key, value in _IMAGE_STATES.items()}
-_FORMATS_TO_PROTO: dict[OutputFormat, options_pb2.ImageFormat.ValueType] = {
+FORMATS_TO_PROTO: dict[OutputFormat, options_pb2.ImageFormat.ValueType] = {
     "jpeg": options_pb2.IMAGE_FORMAT_JPEG,
     "webp": options_pb2.IMAGE_FORMAT_WEBP,
     "avif": options_pb2.IMAGE_FORMAT_AVIF,
     "auto": options_pb2.IMAGE_FORMAT_AUTO,
 }
 FORMATS_FROM_PROTO: dict[int, OutputFormat] = {
-    value: key for key, value in _FORMATS_TO_PROTO.items()}
-FORMATS_TO_PROTO = _FORMATS_TO_PROTO
+    value: key for key, value in FORMATS_TO_PROTO.items()}
 EFFORTS_TO_PROTO: dict[Effort, options_pb2.Effort.ValueType] = {
     "fast": options_pb2.EFFORT_FAST,
     "balanced": options_pb2.EFFORT_BALANCED,
@@ -79,7 +78,7 @@ def options_to_proto(options: RequestOptions) -> options_pb2.ProcessingOptions:
     if options.max_height is not None:
         message.max_height = options.max_height
     if options.format is not None:
-        message.format = _FORMATS_TO_PROTO[options.format]
+        message.format = FORMATS_TO_PROTO[options.format]
     if options.effort is not None:
         message.effort = EFFORTS_TO_PROTO[options.effort]
     if options.target_score is not None:

@@ -27,10 +27,6 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
 
 
-def downgrade(database_url: str, revision: str) -> None:
-    command.downgrade(alembic_config(database_url), revision)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description="Apply pixpipe's database migrations.")
     parser.add_argument("revision", nargs="?", default="head")
