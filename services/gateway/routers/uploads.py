@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import grpc
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -14,8 +14,8 @@ from pydantic.json_schema import SkipJsonSchema
 from starlette.datastructures import UploadFile
 from starlette.types import Message, Receive
 
-from pixpipe.domain import Effort, OutputFormat
-from pixpipe.status_messages import EFFORTS_TO_PROTO, FORMATS_TO_PROTO
+from pixpipe.domain import Effort, OutputFormat, RequestOptions
+from pixpipe.status_messages import options_to_proto
 from pixpipe.v1 import ingest_pb2, options_pb2
 from services.gateway import examples
 from services.gateway.dependencies import (
@@ -174,24 +174,14 @@ async def read_upload_form(request: Request, settings: AppSettings,
 
 
 def _processing_options(options: UploadOptions) -> options_pb2.ProcessingOptions:
-    message = options_pb2.ProcessingOptions()
-    if options.quality == "auto":
-        message.quality_auto = True
-    elif options.quality is not None:
-        message.quality = int(options.quality)
-    if options.target_score is not None:
-        message.target_score = options.target_score
-    if options.measure_quality:
-        message.measure_quality = True
-    if options.max_width is not None:
-        message.max_width = options.max_width
-    if options.max_height is not None:
-        message.max_height = options.max_height
-    if options.format:
-        message.format = FORMATS_TO_PROTO[options.format]
-    if options.effort:
-        message.effort = EFFORTS_TO_PROTO[options.effort]
-    return message
+    """The form's options as the contract carries them (one builder: status_messages)."""
+    quality: int | Literal["auto"] | None = (
+        "auto" if options.quality == "auto" else
+        None if options.quality is None else int(options.quality))
+    return options_to_proto(RequestOptions(
+        quality=quality, max_width=options.max_width, max_height=options.max_height,
+        format=options.format, effort=options.effort, target_score=options.target_score,
+        measure_quality=options.measure_quality))
 
 
 async def _upload_messages(form: UploadForm) -> AsyncIterator[ingest_pb2.UploadRequest]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import grpc
+from pydantic import ValidationError
 from rich.console import Console
 
 from pixpipe.cli.keys import add_keys_commands, run_keys_command
@@ -29,11 +30,16 @@ from pixpipe.cli.render import (
     summary_lines,
 )
 from pixpipe.client.connection import PixpipeClient, ServerAddresses
-from pixpipe.domain import ImageState
+from pixpipe.domain import ImageState, RequestOptions
 from pixpipe.grpc_errors import bad_request_details, violation_to_fault
 from pixpipe.paging import MAX_PAGE_SIZE
-from pixpipe.status_messages import EFFORTS_TO_PROTO, FORMATS_TO_PROTO, request_to_json
-from pixpipe.v1 import options_pb2, status_pb2
+from pixpipe.status_messages import (
+    EFFORTS_TO_PROTO,
+    FORMATS_TO_PROTO,
+    options_to_proto,
+    request_to_json,
+)
+from pixpipe.v1 import status_pb2
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Failed images shown after a watch and in the default status view; the rest on request.
@@ -135,23 +141,16 @@ def exit_code_for(status: status_pb2.RequestStatus) -> int:
 async def submit(client: PixpipeClient, args: argparse.Namespace, console: Console) -> int:
     if not args.file.is_file():
         raise UsageError(f"no such file: {args.file}")
-    options = options_pb2.ProcessingOptions()
-    if args.quality == "auto":
-        options.quality_auto = True
-    elif args.quality is not None:
-        options.quality = args.quality
-    if args.target_score is not None:
-        options.target_score = args.target_score
-    if args.measure_quality:
-        options.measure_quality = True
-    for name in ("max_width", "max_height"):
-        if getattr(args, name) is not None:
-            setattr(options, name, getattr(args, name))
-    if args.format:
-        options.format = FORMATS_TO_PROTO[args.format]
-    if args.effort:
-        options.effort = EFFORTS_TO_PROTO[args.effort]
-    answer = await client.upload(args.file, webhook_url=args.webhook, options=options)
+    try:
+        requested = RequestOptions(
+            quality=args.quality, max_width=args.max_width, max_height=args.max_height,
+            format=args.format, effort=args.effort, target_score=args.target_score,
+            measure_quality=args.measure_quality or None)
+    except ValidationError as error:
+        raise UsageError("; ".join(f"--{'-'.join(map(str, item['loc']))}: {item['msg']}"
+                                   for item in error.errors())) from None
+    answer = await client.upload(args.file, webhook_url=args.webhook,
+                                 options=options_to_proto(requested))
     console.print(f"request [bold]{answer.request_id}[/]: {answer.image_count} images queued")
     if not args.watch:
         print(answer.request_id)
