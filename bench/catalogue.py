@@ -47,7 +47,6 @@ from pixpipe.stack import Stack
 from pixpipe.v1 import status_pb2, status_pb2_grpc
 
 _TERMINAL = (status_pb2.REQUEST_STATE_COMPLETED, status_pb2.REQUEST_STATE_FAILED)
-_CHUNK_BYTES = 256 * 1024
 
 
 @dataclass

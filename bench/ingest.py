@@ -37,6 +37,7 @@ from rich.table import Table
 from bench.harness import BenchError, console, fresh_database, run_benchmark
 from bench.pipeline import bench_settings
 from pixpipe.bus import JOBS_STREAM, Bus
+from pixpipe.client.uploads import byte_chunks, upload_requests
 from pixpipe.csv_input import parse_products_csv
 from pixpipe.db.engine import create_engine, session_factory
 from pixpipe.db.repository import Repository
@@ -48,7 +49,6 @@ from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc
 
 TARGET_IMAGES_PER_SECOND = 30_000
 TARGET_PEAK_RSS_MB = 300
-_CHUNK_BYTES = 256 * 1024
 _PER_PRODUCT = 5
 
 
@@ -76,12 +76,9 @@ def fifty_megabytes(images: int) -> bytes:
 
 
 def upload_grpc(stub: ingest_pb2_grpc.IngestServiceStub, data: bytes) -> int:
-    def messages() -> Iterator[ingest_pb2.UploadRequest]:
-        yield ingest_pb2.UploadRequest(metadata=ingest_pb2.UploadMetadata(file_name="b.csv"))
-        for start in range(0, len(data), _CHUNK_BYTES):
-            yield ingest_pb2.UploadRequest(chunk=data[start:start + _CHUNK_BYTES])
-
-    answer: ingest_pb2.UploadResponse = stub.Upload(messages(), timeout=300)
+    messages = upload_requests(ingest_pb2.UploadMetadata(file_name="b.csv"),
+                               byte_chunks(data))
+    answer: ingest_pb2.UploadResponse = stub.Upload(messages, timeout=300)
     return answer.image_count
 
 

@@ -29,6 +29,7 @@ from bench.corpus import Photo, corpus_dir, cycle, load_photos, products_csv, se
 from bench.harness import BenchError, console, run_benchmark
 from bench.profiled_worker import EXPERIMENTS, EXPERIMENTS_VARIABLE
 from bench.stages import ProfiledStack, print_stages
+from pixpipe.client.uploads import byte_chunks, upload_requests
 from pixpipe.codec import TransformOptions, TransformResult, transform_image
 from pixpipe.embedded_nats import free_port
 from pixpipe.errors import DecodeError
@@ -41,7 +42,6 @@ POLL_SECONDS = 0.2
 # Cores used by processes outside the benchmark above which figures are flagged / not judged.
 NOISE_CORES = 0.1
 UNRELIABLE_CORES = 0.25
-_CHUNK_BYTES = 256 * 1024
 _TERMINAL = (status_pb2.REQUEST_STATE_COMPLETED, status_pb2.REQUEST_STATE_FAILED)
 # The worker count `make run` starts: Stack's and pixpipe-stack's default.
 DEFAULT_WORKERS = Stack(settings=Settings()).workers
@@ -203,10 +203,9 @@ class StackClient:
 
 def _upload_messages(csv_bytes: bytes, webhook_url: str = "",
                      ) -> Iterator[ingest_pb2.UploadRequest]:
-    yield ingest_pb2.UploadRequest(metadata=ingest_pb2.UploadMetadata(
-        file_name="bench.csv", webhook_url=webhook_url))
-    for start in range(0, len(csv_bytes), _CHUNK_BYTES):
-        yield ingest_pb2.UploadRequest(chunk=csv_bytes[start:start + _CHUNK_BYTES])
+    return upload_requests(ingest_pb2.UploadMetadata(file_name="bench.csv",
+                                                     webhook_url=webhook_url),
+                           byte_chunks(csv_bytes))
 
 
 def run_request(client: StackClient, stack: Stack, csv_bytes: bytes, count: int,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 
+from pixpipe.client.uploads import byte_chunks, upload_requests
 from pixpipe.dev.webhook_secret import new_webhook_secret
 from pixpipe.embedded_nats import free_port
 from pixpipe.settings import Settings
@@ -87,9 +88,7 @@ def upload_messages(csv_bytes: bytes, *, chunk_size: int = 1024, file_name: str 
     metadata = ingest_pb2.UploadMetadata(file_name=file_name, webhook_url=webhook_url)
     if options is not None:
         metadata.options.CopyFrom(options)  # type: ignore[arg-type]
-    yield ingest_pb2.UploadRequest(metadata=metadata)
-    for start in range(0, len(csv_bytes), chunk_size):
-        yield ingest_pb2.UploadRequest(chunk=csv_bytes[start:start + chunk_size])
+    yield from upload_requests(metadata, byte_chunks(csv_bytes, chunk_size))
 
 
 async def upload(address: str, csv_bytes: bytes, **kwargs: object) -> ingest_pb2.UploadResponse:

@@ -14,6 +14,7 @@ from pydantic.json_schema import SkipJsonSchema
 from starlette.datastructures import UploadFile
 from starlette.types import Message, Receive
 
+from pixpipe.client.uploads import UPLOAD_CHUNK_BYTES, byte_chunks, upload_requests_from
 from pixpipe.domain import Effort, OutputFormat, RequestOptions
 from pixpipe.status_messages import options_to_proto
 from pixpipe.v1 import ingest_pb2, options_pb2
@@ -33,7 +34,6 @@ from services.gateway.models import (
     error_response,
 )
 
-UPLOAD_CHUNK_BYTES = 256 * 1024
 # Room for the boundaries, part headers and option fields around a CSV at the size limit.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 # A quality of 1-95, or auto (the lowest that reaches target_score).
@@ -90,9 +90,8 @@ class UploadForm:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         if isinstance(self.csv, str):
-            data = self.csv.encode()
-            for start in range(0, len(data), UPLOAD_CHUNK_BYTES):
-                yield data[start:start + UPLOAD_CHUNK_BYTES]
+            for chunk in byte_chunks(self.csv.encode()):
+                yield chunk
             return
         while chunk := await self.csv.read(UPLOAD_CHUNK_BYTES):
             yield chunk
@@ -184,12 +183,10 @@ def _processing_options(options: UploadOptions) -> options_pb2.ProcessingOptions
         measure_quality=options.measure_quality))
 
 
-async def _upload_messages(form: UploadForm) -> AsyncIterator[ingest_pb2.UploadRequest]:
-    yield ingest_pb2.UploadRequest(metadata=ingest_pb2.UploadMetadata(
+def _upload_messages(form: UploadForm) -> AsyncIterator[ingest_pb2.UploadRequest]:
+    return upload_requests_from(ingest_pb2.UploadMetadata(
         file_name=form.file_name, webhook_url=form.options.webhook_url or "",
-        options=_processing_options(form.options)))
-    async for chunk in form.chunks():
-        yield ingest_pb2.UploadRequest(chunk=chunk)
+        options=_processing_options(form.options)), form.chunks())
 
 
 @router.post(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -12,6 +12,7 @@ from typing import Self
 
 import grpc
 
+from pixpipe.client.uploads import file_chunks, upload_requests
 from pixpipe.domain import ImageState
 from pixpipe.paging import MAX_PAGE_SIZE
 from pixpipe.status_messages import IMAGE_STATES_TO_PROTO
@@ -23,7 +24,6 @@ from pixpipe.v1 import (
     status_pb2_grpc,
 )
 
-UPLOAD_CHUNK_BYTES = 256 * 1024
 # Watching survives a restarting notifier: these codes mean "try again shortly".
 RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN,
                    grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED)
@@ -33,14 +33,6 @@ RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN,
 class ServerAddresses:
     ingest: str = "127.0.0.1:50051"
     status: str = "127.0.0.1:50052"
-
-
-def file_chunks(path: Path, metadata: ingest_pb2.UploadMetadata,
-                ) -> Iterator[ingest_pb2.UploadRequest]:
-    yield ingest_pb2.UploadRequest(metadata=metadata)
-    with path.open("rb") as handle:
-        while chunk := handle.read(UPLOAD_CHUNK_BYTES):
-            yield ingest_pb2.UploadRequest(chunk=chunk)
 
 
 class PixpipeClient:
@@ -68,7 +60,8 @@ class PixpipeClient:
         metadata = ingest_pb2.UploadMetadata(file_name=path.name, webhook_url=webhook_url,
                                              options=options)
         response: ingest_pb2.UploadResponse = await self.ingest.Upload(
-            file_chunks(path, metadata), metadata=self.metadata, timeout=rpc_timeout)
+            upload_requests(metadata, file_chunks(path)), metadata=self.metadata,
+            timeout=rpc_timeout)
         return response
 
     async def get_status(self, request_id: str, *, summary_only: bool = False,
