@@ -29,6 +29,7 @@ from pixpipe.codec import TransformOptions
 from pixpipe.db.reuse import EarlierSource, KnownOutput, ReuseIndex, SourceAnswer
 from pixpipe.domain import ImageJob, ImageOutcome, ImageSuccess
 from pixpipe.fetcher import FetchedImage
+from pixpipe.retry import doubling_delay
 from pixpipe.storage import OutputStore
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,8 @@ class OutputReuse:
                     # Another worker is encoding the same source: its output is a copy away.
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(ready.wait(),
-                                               min(0.05 * 2 ** polls, _MAX_POLL_SECONDS))
+                                               doubling_delay(polls + 1, first=0.05,
+                                                              cap=_MAX_POLL_SECONDS))
                     polls += 1
                     continue
             copied = await self._copy(known.output, job)

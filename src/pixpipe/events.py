@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pixpipe.bus import Bus
 from pixpipe.db.repository import Repository
 from pixpipe.domain import ImageChange
+from pixpipe.retry import doubling_delay
 from pixpipe.runtime import sleep_unless_stopped
 from pixpipe.status_messages import completion_event, image_event
 
@@ -59,7 +60,7 @@ class EventPublisher:
             except Exception:
                 log.warning("publishing the completion of %s failed (attempt %d)",
                             request_id, attempt + 1, exc_info=True)
-                await asyncio.sleep(min(0.5 * 2 ** attempt, 5.0))
+                await asyncio.sleep(doubling_delay(attempt + 1, first=0.5, cap=5.0))
         return False
 
     async def request_finished(self, request_id: str) -> None:

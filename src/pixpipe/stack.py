@@ -26,6 +26,7 @@ from pixpipe.embedded_nats import (
     start_nats_server_on_free_port,
     token_arguments,
 )
+from pixpipe.retry import doubling_delay
 from pixpipe.settings import Settings, codec_processes_per_worker
 
 # How often the stack looks at its processes and, while starting, asks the gateway /readyz.
@@ -276,7 +277,7 @@ class RestartBackoff:
     stable_after: float = 60.0
 
     def delay(self, crashes_in_a_row: int) -> float:
-        return min(self.cap, self.first * 2.0 ** max(0, crashes_in_a_row - 1))
+        return doubling_delay(crashes_in_a_row, first=self.first, cap=self.cap)
 
 
 class Supervisor:

@@ -107,3 +107,10 @@ def test_job_ids_that_are_not_ids_are_refused() -> None:
                          ("image_id", good["image_id"] + "\n")):
         with pytest.raises(ValidationError):
             ImageJob.model_validate({**good, field: value})
+
+
+def test_a_doubling_delay_starts_at_first_and_stops_at_the_cap() -> None:
+    from pixpipe.retry import doubling_delay
+
+    assert [doubling_delay(n, first=0.5, cap=5.0) for n in range(7)] == [
+        0.5, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0]

@@ -15,6 +15,7 @@ import grpc
 from pixpipe.client.uploads import file_chunks, upload_requests
 from pixpipe.domain import ImageState
 from pixpipe.paging import MAX_PAGE_SIZE
+from pixpipe.retry import doubling_delay
 from pixpipe.status_messages import IMAGE_STATES_TO_PROTO
 from pixpipe.v1 import (
     ingest_pb2,
@@ -99,7 +100,7 @@ class PixpipeClient:
                 if error.code() != grpc.StatusCode.UNAVAILABLE or failures >= max_retries:
                     raise
                 failures += 1
-                await asyncio.sleep(min(retry_delay * failures, 5.0))
+                await asyncio.sleep(doubling_delay(failures, first=retry_delay, cap=5.0))
                 continue
             failures = 0
             for image in response.images:
@@ -144,7 +145,7 @@ class PixpipeClient:
                 if error.code() not in RETRYABLE_CODES or failures >= max_retries:
                     raise
                 failures += 1
-                await asyncio.sleep(min(retry_delay * failures, 5.0))
+                await asyncio.sleep(doubling_delay(failures, first=retry_delay, cap=5.0))
             finally:
                 with contextlib.suppress(Exception):
                     call.cancel()
