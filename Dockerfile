@@ -11,8 +11,8 @@ WORKDIR /src
 
 # Dependencies first, against empty packages, so editing the code does not reinstall them.
 COPY pyproject.toml README.md ./
-RUN mkdir -p src/pixpipe services \
-    && touch src/pixpipe/__init__.py services/__init__.py
+RUN mkdir -p src/pixpipe \
+    && touch src/pixpipe/__init__.py
 RUN --mount=type=cache,target=/root/.cache/pip /opt/venv/bin/pip install .
 
 COPY src ./src

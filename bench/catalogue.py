@@ -42,8 +42,8 @@ from bench.corpus import serving
 from bench.harness import BenchError, console, fresh_database, run_benchmark
 from bench.pipeline import StackClient, bench_settings
 from bench.stats import percentile
+from pixpipe.dev.stack import Stack
 from pixpipe.settings import Settings
-from pixpipe.stack import Stack
 from pixpipe.v1 import status_pb2, status_pb2_grpc
 
 _TERMINAL = (status_pb2.REQUEST_STATE_COMPLETED, status_pb2.REQUEST_STATE_FAILED)

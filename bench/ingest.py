@@ -41,10 +41,10 @@ from pixpipe.client.uploads import byte_chunks, upload_requests
 from pixpipe.csv_input import parse_products_csv
 from pixpipe.db.engine import create_engine, session_factory
 from pixpipe.db.repository import Repository
+from pixpipe.dev.stack import Stack
 from pixpipe.domain import RequestOptions
 from pixpipe.job_batch import uuid4_hexes
 from pixpipe.settings import Settings
-from pixpipe.stack import Stack
 from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc
 
 TARGET_IMAGES_PER_SECOND = 30_000

@@ -31,10 +31,10 @@ from bench.profiled_worker import EXPERIMENTS, EXPERIMENTS_VARIABLE
 from bench.stages import ProfiledStack, print_stages
 from pixpipe.client.uploads import byte_chunks, upload_requests
 from pixpipe.codec import TransformOptions, TransformResult, transform_image
-from pixpipe.embedded_nats import free_port
+from pixpipe.dev.embedded_nats import free_port
+from pixpipe.dev.stack import Stack
 from pixpipe.errors import DecodeError
 from pixpipe.settings import Settings
-from pixpipe.stack import Stack
 from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc, status_pb2, status_pb2_grpc
 
 TARGET_RATIO = 0.7

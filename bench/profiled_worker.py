@@ -1,7 +1,7 @@
 """A pixpipe worker that times each stage of a job (``python -m bench.pipeline --profile``).
 
-It runs ``services.worker.main`` unchanged after wrapping the stage functions with wall-clock
-timers. SIGUSR1 writes the timings gathered since the last SIGUSR1 to
+It runs ``pixpipe_services.worker.main`` unchanged after wrapping the stage functions with
+wall-clock timers. SIGUSR1 writes the timings gathered since the last SIGUSR1 to
 ``$PIXPIPE_BENCH_PROFILE_DIR/<pid>.json`` and starts afresh, so the benchmark can leave the
 warm-up out. Nothing here changes what the worker does, only how long each step is seen to take.
 """
@@ -24,14 +24,14 @@ from nats.aio.msg import Msg
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-import services.worker.main as worker_main
-import services.worker.processor as processor
+import pixpipe_services.worker.main as worker_main
+import pixpipe_services.worker.processor as processor
 from pixpipe.bus import Bus
 from pixpipe.db.repository import Repository
 from pixpipe.events import EventPublisher
 from pixpipe.fetcher import SafeFetcher
-from services.worker.consumer import JobConsumer
-from services.worker.processor import CodecPool
+from pixpipe_services.worker.consumer import JobConsumer
+from pixpipe_services.worker.processor import CodecPool
 
 PROFILE_DIR_VARIABLE = "PIXPIPE_BENCH_PROFILE_DIR"
 # Comma-separated candidate fixes to try without touching the services (see EXPERIMENTS).

@@ -34,8 +34,8 @@ from bench import cpu
 from bench.corpus import NOT_FOUND, URLS_PER_PRODUCT, corpus_dir, serve_http
 from bench.harness import BenchError, console, run_benchmark
 from bench.pipeline import StackClient, bench_settings
+from pixpipe.dev.stack import Stack
 from pixpipe.settings import Settings
-from pixpipe.stack import Stack
 from pixpipe.v1 import status_pb2
 
 TARGET_SPEEDUP = 1.3

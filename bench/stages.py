@@ -17,9 +17,9 @@ from rich.table import Table
 
 from bench.profiled_worker import JOB_STAGE, LOOP_LAG_STAGE, PROFILE_DIR_VARIABLE
 from bench.stats import percentile
-from pixpipe.stack import Stack
+from pixpipe.dev.stack import Stack
 
-_WORKER_MODULE = "services.worker.main"
+_WORKER_MODULE = "pixpipe_services.worker.main"
 _PROFILED_WORKER_MODULE = "bench.profiled_worker"
 
 

@@ -22,7 +22,7 @@ from bench.corpus import corpus_dir, load_photos, products_csv, serving
 from bench.pipeline import StackClient, bench_settings, run_request
 from bench.stats import percentile
 from pixpipe.client.connection import unbatched
-from pixpipe.stack import Stack
+from pixpipe.dev.stack import Stack
 from pixpipe.v1 import status_pb2, status_pb2_grpc
 
 TARGET_P99_MS = 100.0

@@ -19,17 +19,17 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from pixpipe.client import PixpipeClient, ServerAddresses
 from pixpipe.settings import Settings
-from services.gateway.dependencies import GatewayLimits
-from services.gateway.errors import (
+from pixpipe_services.gateway.dependencies import GatewayLimits
+from pixpipe_services.gateway.errors import (
     GRPC_CODE_FOR_HTTP,
     error_body,
     error_response,
     response_for_rpc_error,
 )
-from services.gateway.models import MALFORMED
-from services.gateway.routers import pages, requests, status, uploads
-from services.gateway.routers.pages import STATIC_DIR
-from services.gateway.stored_images import mount_processed_images
+from pixpipe_services.gateway.models import MALFORMED
+from pixpipe_services.gateway.routers import pages, requests, status, uploads
+from pixpipe_services.gateway.routers.pages import STATIC_DIR
+from pixpipe_services.gateway.stored_images import mount_processed_images
 
 # Where a loopback-only gateway may be reached from: a page on any other host name (DNS
 # rebinding) is refused, whatever address that name resolves to.

@@ -10,7 +10,7 @@ from pixpipe.object_storage import StorageMisconfigured
 from pixpipe.runtime import configure_logging
 from pixpipe.settings import Settings
 from pixpipe.storage import s3_store_from_settings
-from services.gateway.app import create_app
+from pixpipe_services.gateway.app import create_app
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pixpipe.domain import Effort, OutputFormat
-from services.gateway import examples
+from pixpipe_services.gateway import examples
 
 RequestStateName = Literal["pending", "processing", "completed", "failed", "unspecified"]
 ImageStateName = Literal["pending", "processing", "completed", "failed", "unspecified"]

@@ -21,8 +21,8 @@ from pixpipe.settings import Settings
 from pixpipe.status_messages import PROCESSED_IMAGES_ROUTE
 from pixpipe.storage import s3_store_from_settings
 from pixpipe.v1 import status_pb2
-from services.gateway.dependencies import CallerClients, Clients, Credentials
-from services.gateway.errors import response_for_rpc_error
+from pixpipe_services.gateway.dependencies import CallerClients, Clients, Credentials
+from pixpipe_services.gateway.errors import response_for_rpc_error
 
 # <request id>/<image id>.<ext>: nothing else is an output, and no key outside the prefix.
 _OUTPUT_PATH = re.compile(r"[0-9a-fA-F-]{32,36}/[0-9a-fA-F-]{32,36}\.[a-z0-9]{2,5}")

@@ -14,7 +14,7 @@ from pixpipe.metrics import IngestMetrics, serve_metrics
 from pixpipe.runtime import configure_logging, run_until_signalled
 from pixpipe.settings import Settings
 from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc
-from services.ingest.servicer import IngestServicer
+from pixpipe_services.ingest.servicer import IngestServicer
 
 log = logging.getLogger(__name__)
 

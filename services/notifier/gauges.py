@@ -10,7 +10,7 @@ from pixpipe.bus import EXPRESS_WORKERS_DURABLE, JOBS_STREAM, WORKERS_DURABLE, B
 from pixpipe.db.webhooks import WebhookRepository
 from pixpipe.metrics import NotifierMetrics
 from pixpipe.runtime import sleep_unless_stopped
-from services.notifier.hub import EventHub
+from pixpipe_services.notifier.hub import EventHub
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,11 @@ from pixpipe.retention import keep_purging
 from pixpipe.runtime import configure_logging, run_until_signalled
 from pixpipe.settings import Settings
 from pixpipe.v1 import status_pb2
-from services.notifier.gauges import keep_gauges_current
-from services.notifier.hub import EventHub
-from services.notifier.lost_jobs import keep_sweeping_lost_jobs
-from services.notifier.servicer import StatusServicer, WatchCaps, add_status_service
-from services.notifier.webhooks import WebhookDispatcher, WebhookSender
+from pixpipe_services.notifier.gauges import keep_gauges_current
+from pixpipe_services.notifier.hub import EventHub
+from pixpipe_services.notifier.lost_jobs import keep_sweeping_lost_jobs
+from pixpipe_services.notifier.servicer import StatusServicer, WatchCaps, add_status_service
+from pixpipe_services.notifier.webhooks import WebhookDispatcher, WebhookSender
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from pixpipe.status_messages import (
     request_to_proto,
 )
 from pixpipe.v1 import status_pb2, status_pb2_grpc
-from services.notifier.hub import EventHub, LiveEvent
-from services.notifier.snapshots import Snapshot, SnapshotLoader
+from pixpipe_services.notifier.hub import EventHub, LiveEvent
+from pixpipe_services.notifier.snapshots import Snapshot, SnapshotLoader
 
 StatusContext = grpc.aio.ServicerContext[object, object]
 # What WatchStatus yields: a message, or an event already serialised (see add_status_service).

@@ -23,7 +23,7 @@ from pixpipe.retry import retry_delay
 from pixpipe.safe_transport import guarded_transport
 from pixpipe.settings import Settings
 from pixpipe.webhook_signature import signed_headers
-from services.notifier.webhook_body import webhook_body
+from pixpipe_services.notifier.webhook_body import webhook_body
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from pixpipe.metrics import WorkerMetrics, failure_kind
 from pixpipe.retry import retry_delay
 from pixpipe.runtime import sleep_unless_stopped
 from pixpipe.settings import Settings
-from services.worker.processor import ImageProcessor, TransientFailure
+from pixpipe_services.worker.processor import ImageProcessor, TransientFailure
 
 log = logging.getLogger(__name__)
 

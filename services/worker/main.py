@@ -16,9 +16,9 @@ from pixpipe.object_storage import StorageMisconfigured
 from pixpipe.runtime import configure_logging, run_until_signalled
 from pixpipe.settings import Settings, codec_processes_per_worker
 from pixpipe.storage import s3_store_from_settings, store_from_settings
-from services.worker.consumer import JobConsumer
-from services.worker.processor import CodecPool, ImageProcessor
-from services.worker.reuse import OutputReuse
+from pixpipe_services.worker.consumer import JobConsumer
+from pixpipe_services.worker.processor import CodecPool, ImageProcessor
+from pixpipe_services.worker.reuse import OutputReuse
 
 log = logging.getLogger(__name__)
 

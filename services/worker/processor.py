@@ -15,13 +15,13 @@ from pixpipe.jpeg_encoders import prepare_vips
 from pixpipe.object_storage import StorageUnavailable
 from pixpipe.settings import Settings
 from pixpipe.storage import OutputStore
-from services.worker.codec_pool import (
+from pixpipe_services.worker.codec_pool import (
     ChildProcessDied,
     ChildProcessPool,
     MemoryLimitExceeded,
     TimeLimitExceeded,
 )
-from services.worker.reuse import OutputReuse
+from pixpipe_services.worker.reuse import OutputReuse
 
 CODEC_NICENESS = 10
 AUTOGROUP_NICENESS = 19

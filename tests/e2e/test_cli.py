@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pixpipe.embedded_nats import free_port
+from pixpipe.dev.embedded_nats import free_port
 from tests.support.http_server import CorpusHttpServer
 from tests.support.stack import RunningStack, products_csv
 

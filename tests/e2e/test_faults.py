@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from pixpipe.dev.embedded_nats import free_port
 from pixpipe.dev.local_postgres import postgres_binaries, throwaway_postgres
 from pixpipe.dev.nats_cluster import nats_cluster
-from pixpipe.embedded_nats import free_port
 from pixpipe.v1 import status_pb2
 from tests.support.faults import (
     FaultOutcome,

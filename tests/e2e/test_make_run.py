@@ -22,8 +22,8 @@ import nats
 import nats.errors
 import pytest
 
+from pixpipe.dev.embedded_nats import free_port
 from pixpipe.dev.webhook_secret import NATS_TOKEN_FILE_NAME
-from pixpipe.embedded_nats import free_port
 from tests.support.http_server import CorpusHttpServer
 from tests.support.stack import batch_csv, products_csv
 
@@ -241,7 +241,7 @@ def test_a_worker_killed_mid_request_is_restarted_and_every_image_is_done_once(
     images = 300
     with make_run(tmp_path) as running:
         running.wait_for_output("pixpipe is running")
-        workers = running.processes("services.worker.main")
+        workers = running.processes("pixpipe_services.worker.main")
         assert len(workers) == 2
         fetches_before = len(corpus_server.requests)
         accepted = upload(running.gateway_url,
@@ -282,7 +282,7 @@ def test_a_worker_killed_mid_request_is_restarted_and_every_image_is_done_once(
                    if attempts >= 2)
         outputs = list((running.data_dir / "processed_images" / request_id).iterdir())
         assert len(outputs) == images, "one output file per image and no half-written ones"
-        assert len(running.processes("services.worker.main")) == 2
+        assert len(running.processes("pixpipe_services.worker.main")) == 2
         assert "Traceback" not in running.output()
         assert "stopping" not in running.output()
 

@@ -15,7 +15,7 @@ from pixpipe.db.engine import create_engine, session_factory
 from pixpipe.db.repository import Repository
 from pixpipe.dev.webhook_secret import new_webhook_secret
 from pixpipe.settings import Settings
-from services.worker.main import work
+from pixpipe_services.worker.main import work
 from tests.support.http_server import CorpusHttpServer
 from tests.support.infrastructure import NatsServer
 

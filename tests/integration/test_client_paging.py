@@ -15,7 +15,7 @@ from pixpipe.db.repository import Repository
 from pixpipe.domain import ImageFailure, ImageSuccess, RequestOptions
 from pixpipe.settings import Settings
 from pixpipe.v1 import status_pb2
-from services.notifier.main import Notifier
+from pixpipe_services.notifier.main import Notifier
 
 PRODUCTS, URLS_PER_PRODUCT = 500, 5
 IMAGES = PRODUCTS * URLS_PER_PRODUCT

@@ -17,8 +17,8 @@ from pixpipe.codec import TransformOptions
 from pixpipe.domain import ImageJob, RequestOptions
 from pixpipe.errors import DecodeError
 from pixpipe.storage import ImageStore
-from services.worker.codec_pool import ChildProcessDied, ChildProcessPool, TimeLimitExceeded
-from services.worker.processor import CodecPool, TransientFailure
+from pixpipe_services.worker.codec_pool import ChildProcessDied, ChildProcessPool, TimeLimitExceeded
+from pixpipe_services.worker.processor import CodecPool, TransientFailure
 from tests.support import child_calls
 from tests.support.paths import corpus_root
 

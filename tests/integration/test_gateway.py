@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import httpx
 
-from pixpipe.embedded_nats import free_port
+from pixpipe.dev.embedded_nats import free_port
 from pixpipe.settings import Settings
-from services.gateway.app import create_app
-from services.gateway.sse import resume_version
+from pixpipe_services.gateway.app import create_app
+from pixpipe_services.gateway.sse import resume_version
 
 
 def client_for(settings: Settings) -> httpx.AsyncClient:

@@ -15,11 +15,11 @@ from fastapi import FastAPI
 
 from pixpipe.csv_input import parse_products_csv
 from pixpipe.db.repository import Repository
+from pixpipe.dev.embedded_nats import free_port
 from pixpipe.domain import RequestOptions
-from pixpipe.embedded_nats import free_port
 from pixpipe.settings import Settings
-from services.gateway.app import create_app
-from services.notifier.main import Notifier
+from pixpipe_services.gateway.app import create_app
+from pixpipe_services.notifier.main import Notifier
 
 BOUNDARY = "pixpipe-test-boundary"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"

@@ -16,13 +16,13 @@ from pixpipe.bus import JOBS_STREAM, Bus
 from pixpipe.call_limits import retry_delay_seconds
 from pixpipe.db.models import RequestRecord
 from pixpipe.db.repository import Repository
+from pixpipe.dev.embedded_nats import free_port
 from pixpipe.domain import ImageState, RequestState
-from pixpipe.embedded_nats import free_port
 from pixpipe.grpc_errors import bad_request_details
 from pixpipe.grpc_server import GrpcServer
 from pixpipe.settings import Settings
 from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc
-from services.ingest.servicer import IngestServicer
+from pixpipe_services.ingest.servicer import IngestServicer
 from tests.support.infrastructure import start_own_nats
 from tests.support.notifier import until
 from tests.support.stack import upload, upload_messages

@@ -9,7 +9,7 @@ from pixpipe.csv_input import parse_products_csv
 from pixpipe.db.repository import Repository
 from pixpipe.domain import ImageJob, ImageState, RequestOptions, RequestState, RequestView
 from pixpipe.events import EventPublisher
-from services.notifier.lost_jobs import LOST_JOB_REASON, sweep_lost_jobs_once
+from pixpipe_services.notifier.lost_jobs import LOST_JOB_REASON, sweep_lost_jobs_once
 from tests.support.notifier import BASE_URL
 
 CSV = (b"S. No.,Product Name,Input Image Urls\n"

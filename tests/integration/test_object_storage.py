@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from pixpipe import object_storage
 from pixpipe.object_storage import S3Store, StorageMisconfigured, StorageUnavailable
 from pixpipe.settings import Settings
-from services.gateway.app import create_app
+from pixpipe_services.gateway.app import create_app
 from tests.support.seaweedfs import BUCKET, SeaweedS3
 
 

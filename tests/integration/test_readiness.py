@@ -15,8 +15,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pixpipe.database_health import DATABASE_HEALTH_SERVICE, report_database_health
 from pixpipe.db.engine import create_engine
 from pixpipe.settings import Settings
-from services.gateway.app import create_app
-from services.gateway.readiness import INGEST_SERVICE, STATUS_SERVICE
+from pixpipe_services.gateway.app import create_app
+from pixpipe_services.gateway.readiness import INGEST_SERVICE, STATUS_SERVICE
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

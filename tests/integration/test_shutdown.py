@@ -16,8 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pixpipe.auth import Authenticator
 from pixpipe.bus import Bus
 from pixpipe.db.repository import Repository
+from pixpipe.dev.embedded_nats import free_port
 from pixpipe.domain import ImageState
-from pixpipe.embedded_nats import free_port
 from pixpipe.grpc_server import GrpcServer
 from pixpipe.settings import Settings
 from tests.integration.conftest import running_worker
@@ -49,7 +49,7 @@ async def sigterm_mid_download(environment: dict[str, str], server: CorpusHttpSe
     """Start a worker process, submit, SIGTERM it once it fetches every job; returns the
     request id and the worker's exit code (the worker never outlives the call)."""
     worker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.worker.main", env=environment,
+        sys.executable, "-m", "pixpipe_services.worker.main", env=environment,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     try:
         request_id = await submit_jobs

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from pixpipe.embedded_nats import (
+from pixpipe.dev.embedded_nats import (
     free_port,
     start_nats_server,
     start_nats_server_on_free_port,
     wait_for_port,
 )
+from pixpipe.dev.stack import RestartBackoff, Stack, Supervisor, occupied_ports
 from pixpipe.settings import Settings
-from pixpipe.stack import RestartBackoff, Stack, Supervisor, occupied_ports
 
 DEFAULT_NATS_PORT = 4222
 
@@ -65,7 +65,7 @@ def run_stack_command(tmp_path: Path, **ports: int) -> subprocess.CompletedProce
     environment = {**os.environ, "PIXPIPE_DATA_DIR": str(tmp_path),
                    **{f"PIXPIPE_{name}": str(port) for name, port in chosen.items()}}
     environment.pop("PIXPIPE_NATS_URL", None)
-    return subprocess.run([sys.executable, "-m", "pixpipe.stack"], env=environment,
+    return subprocess.run([sys.executable, "-m", "pixpipe.dev.stack"], env=environment,
                           capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -173,7 +173,7 @@ def test_services_stop_when_the_stack_process_dies_without_cleaning_up() -> None
     services behind to pull jobs from a shared queue."""
     script = (
         "import subprocess, sys, os\n"
-        "from pixpipe.stack import _stop_when_the_stack_dies\n"
+        "from pixpipe.dev.stack import _stop_when_the_stack_dies\n"
         "child = subprocess.Popen(['sleep', '120'], start_new_session=True,\n"
         "                         stdout=subprocess.DEVNULL,\n"
         "                         preexec_fn=_stop_when_the_stack_dies)\n"

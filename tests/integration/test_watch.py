@@ -16,7 +16,7 @@ from pixpipe.domain import ImageSuccess, RequestOptions
 from pixpipe.events import EventPublisher
 from pixpipe.settings import Settings
 from pixpipe.v1 import status_pb2, status_pb2_grpc
-from services.notifier.main import Notifier
+from pixpipe_services.notifier.main import Notifier
 from tests.support.notifier import BASE_URL, wait_for_watchers
 from tests.support.stack import read_event, read_rest
 
@@ -91,7 +91,7 @@ async def test_a_watcher_receives_each_committed_change(
 
 async def test_notifier_gauges_follow_queue_backlog_and_watchers(
         notifier: Notifier, repository: Repository, bus: Bus) -> None:
-    from services.notifier.gauges import refresh_gauges
+    from pixpipe_services.notifier.gauges import refresh_gauges
 
     request_id, _jobs = await repository.create_request(
         parse_products_csv(CSV), options=RequestOptions(), webhook_url=None, file_name="g.csv")

@@ -15,7 +15,7 @@ from pixpipe.domain import ImageSuccess, RequestOptions
 from pixpipe.events import EventPublisher
 from pixpipe.settings import Settings
 from pixpipe.v1 import status_pb2, status_pb2_grpc
-from services.notifier.main import Notifier
+from pixpipe_services.notifier.main import Notifier
 from tests.support.notifier import BASE_URL, wait_for_watchers
 from tests.support.stack import read_event, read_rest
 

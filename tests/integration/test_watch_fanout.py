@@ -16,8 +16,8 @@ from pixpipe.domain import ImageChange, ImageSuccess, RequestOptions
 from pixpipe.events import EventPublisher
 from pixpipe.settings import Settings
 from pixpipe.v1 import status_pb2, status_pb2_grpc
-from services.notifier.main import Notifier
-from services.notifier.snapshots import SnapshotLoader
+from pixpipe_services.notifier.main import Notifier
+from pixpipe_services.notifier.snapshots import SnapshotLoader
 from tests.support.notifier import BASE_URL, until, wait_for_watchers
 from tests.support.stack import read_event, read_rest
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from pixpipe.settings import Settings
-from services.notifier.webhooks import MAX_RESPONSE_BYTES, WebhookSender
+from pixpipe_services.notifier.webhooks import MAX_RESPONSE_BYTES, WebhookSender
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 

@@ -23,7 +23,7 @@ from pixpipe.db.repository import Repository
 from pixpipe.domain import ImageSuccess, RequestOptions
 from pixpipe.settings import Settings
 from pixpipe.v1 import status_pb2, status_pb2_grpc
-from services.notifier.main import Notifier
+from pixpipe_services.notifier.main import Notifier
 from tests.support.webhook_receiver import HANG, WebhookReceiver
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -202,7 +202,7 @@ async def test_a_killed_notifier_delivers_once_after_restart(
 
     async def start_notifier() -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.notifier.main", env=environment,
+            sys.executable, "-m", "pixpipe_services.notifier.main", env=environment,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
 
     receiver = WebhookReceiver()

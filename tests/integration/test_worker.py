@@ -152,7 +152,7 @@ async def test_a_worker_killed_on_the_last_delivery_still_fails_the_image(
         "job_max_deliver": 1, "job_ack_wait_seconds": 1.5, "fetch_timeout_seconds": 120,
         "codec_processes": 1}.items()}}
     doomed = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.worker.main", env=environment,
+        sys.executable, "-m", "pixpipe_services.worker.main", env=environment,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     try:
         request_id = await submit(repository, bus, [http_server.url("/hangs.jpg")])
@@ -179,7 +179,7 @@ async def test_worker_metrics_count_outcomes_and_failure_reasons(
         http_server: CorpusHttpServer) -> None:
     import httpx
 
-    from pixpipe.embedded_nats import free_port
+    from pixpipe.dev.embedded_nats import free_port
 
     port = free_port()
 

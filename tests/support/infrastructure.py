@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 
 from pixpipe.bus import EVENTS_STREAM, JOBS_STREAM
 from pixpipe.db.migrate import upgrade
-from pixpipe.embedded_nats import free_port, start_nats_server
+from pixpipe.dev.embedded_nats import free_port, start_nats_server
 
 TEST_NATS_URL_VARIABLE = "PIXPIPE_TEST_NATS_URL"
 TEST_DATABASE_URL_VARIABLE = "PIXPIPE_TEST_DATABASE_URL"

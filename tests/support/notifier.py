@@ -1,11 +1,11 @@
-"""Waiting on an in-process notifier's state (tests that run services.notifier.main.Notifier)."""
+"""Waiting on an in-process notifier's state (tests that run the notifier's Notifier)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 
-from services.notifier.main import Notifier
+from pixpipe_services.notifier.main import Notifier
 
 # The public address a notifier or worker under test builds absolute output URLs from.
 BASE_URL = "https://pixpipe.test"

@@ -12,10 +12,10 @@ from pathlib import Path
 import grpc
 
 from pixpipe.client.uploads import byte_chunks, upload_requests
+from pixpipe.dev.embedded_nats import free_port
+from pixpipe.dev.stack import Stack
 from pixpipe.dev.webhook_secret import new_webhook_secret
-from pixpipe.embedded_nats import free_port
 from pixpipe.settings import Settings
-from pixpipe.stack import Stack
 from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc, status_pb2, status_pb2_grpc
 from tests.support.http_server import CorpusHttpServer
 

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
 
-from pixpipe.embedded_nats import free_port
+from pixpipe.dev.embedded_nats import free_port
 
 HANG = -1  # a scripted answer that never comes (until the receiver stops)
 

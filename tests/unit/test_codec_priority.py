@@ -6,7 +6,7 @@ import multiprocessing
 import os
 from pathlib import Path
 
-from services.worker.processor import (
+from pixpipe_services.worker.processor import (
     AUTOGROUP_NICENESS,
     CODEC_NICENESS,
     _prepare_codec_process,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from pixpipe.codec import TransformOptions
-from services.worker.reuse import content_key, encoder_version, lookup_key, options_key
+from pixpipe_services.worker.reuse import content_key, encoder_version, lookup_key, options_key
 
 
 def test_every_option_the_tenant_and_the_source_are_part_of_the_key() -> None:

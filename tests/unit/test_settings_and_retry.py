@@ -9,9 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from pixpipe import settings as settings_module
+from pixpipe.dev.stack import Stack
 from pixpipe.retry import retry_delay
 from pixpipe.settings import Settings, available_cores, codec_processes_per_worker
-from pixpipe.stack import Stack
 
 
 def test_defaults_point_at_the_embedded_stack(monkeypatch: pytest.MonkeyPatch) -> None:

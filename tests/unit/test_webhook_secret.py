@@ -12,7 +12,7 @@ import pytest
 
 from pixpipe.dev.webhook_secret import install_webhook_secret, new_webhook_secret
 from pixpipe.settings import Settings
-from services.notifier.main import MissingWebhookSecret, Notifier
+from pixpipe_services.notifier.main import MissingWebhookSecret, Notifier
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,8 +42,9 @@ def test_a_notifier_started_without_a_secret_refuses_clearly(tmp_path: Path) -> 
     environment = {key: value for key, value in os.environ.items()
                    if not key.startswith("PIXPIPE_")}
     environment["PIXPIPE_DATA_DIR"] = str(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "services.notifier.main"], env=environment,
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run([sys.executable, "-m", "pixpipe_services.notifier.main"],
+                            env=environment, capture_output=True, text=True, timeout=60,
+                            check=False)
     assert result.returncode == 2
     assert "PIXPIPE_WEBHOOK_SECRET" in result.stderr and "Traceback" not in result.stderr
 

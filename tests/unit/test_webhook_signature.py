@@ -9,7 +9,7 @@ import pytest
 import standardwebhooks
 
 from pixpipe.webhook_signature import WebhookVerificationError, sign, signed_headers, verify
-from services.notifier.webhooks import parse_retry_after
+from pixpipe_services.notifier.webhooks import parse_retry_after
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 BODY = json.dumps({"request_id": "r", "status": "completed"}).encode()

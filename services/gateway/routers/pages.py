@@ -8,10 +8,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.gateway import examples
-from services.gateway.dependencies import AppSettings
-from services.gateway.models import Health, Readiness
-from services.gateway.readiness import check_readiness
+from pixpipe_services.gateway import examples
+from pixpipe_services.gateway.dependencies import AppSettings
+from pixpipe_services.gateway.models import Health, Readiness
+from pixpipe_services.gateway.readiness import check_readiness
 
 STATIC_DIR = Path(__file__).parent.parent / "static"
 

@@ -10,10 +10,10 @@ from fastapi.responses import JSONResponse
 
 from pixpipe.status_messages import request_to_json
 from pixpipe.v1 import status_pb2
-from services.gateway import examples
-from services.gateway.dependencies import Clients, require_api_token
-from services.gateway.errors import response_for_rpc_error
-from services.gateway.models import (
+from pixpipe_services.gateway import examples
+from pixpipe_services.gateway.dependencies import Clients, require_api_token
+from pixpipe_services.gateway.errors import response_for_rpc_error
+from pixpipe_services.gateway.models import (
     UNAUTHENTICATED,
     UNAVAILABLE,
     RecentRequests,

@@ -15,16 +15,16 @@ from pixpipe.domain import ImageState
 from pixpipe.paging import MAX_PAGE_SIZE
 from pixpipe.status_messages import IMAGE_STATES_TO_PROTO, request_to_json
 from pixpipe.v1 import status_pb2
-from services.gateway import examples
-from services.gateway.dependencies import (
+from pixpipe_services.gateway import examples
+from pixpipe_services.gateway.dependencies import (
     AppSettings,
     Clients,
     RequestId,
     event_stream_slot,
     require_api_token,
 )
-from services.gateway.errors import error_response, response_for_rpc_error
-from services.gateway.models import (
+from pixpipe_services.gateway.errors import error_response, response_for_rpc_error
+from pixpipe_services.gateway.models import (
     MALFORMED,
     NOT_FOUND,
     TOO_MANY,
@@ -33,8 +33,8 @@ from services.gateway.models import (
     RequestStatus,
     StatusEvent,
 )
-from services.gateway.models import error_response as error_entry
-from services.gateway.sse import event_stream_response, resume_version
+from pixpipe_services.gateway.models import error_response as error_entry
+from pixpipe_services.gateway.sse import event_stream_response, resume_version
 
 router = APIRouter(tags=["status"], dependencies=[Depends(require_api_token)],
                    responses={400: MALFORMED, 401: UNAUTHENTICATED, 404: NOT_FOUND,

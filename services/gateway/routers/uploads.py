@@ -18,15 +18,15 @@ from pixpipe.client.uploads import UPLOAD_CHUNK_BYTES, byte_chunks, upload_reque
 from pixpipe.domain import Effort, OutputFormat, RequestOptions
 from pixpipe.status_messages import options_to_proto
 from pixpipe.v1 import ingest_pb2, options_pb2
-from services.gateway import examples
-from services.gateway.dependencies import (
+from pixpipe_services.gateway import examples
+from pixpipe_services.gateway.dependencies import (
     AppSettings,
     Clients,
     require_api_token,
     upload_slot,
 )
-from services.gateway.errors import response_for_rpc_error
-from services.gateway.models import (
+from pixpipe_services.gateway.errors import response_for_rpc_error
+from pixpipe_services.gateway.models import (
     TOO_MANY,
     UNAUTHENTICATED,
     UNAVAILABLE,

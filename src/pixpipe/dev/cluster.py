@@ -15,9 +15,9 @@ from pathlib import Path
 from pixpipe.dev.local_postgres import throwaway_postgres
 from pixpipe.dev.nats_cluster import nats_cluster
 from pixpipe.dev.seaweedfs import seaweed_s3
+from pixpipe.dev.stack import Stack, run_until_stopped, stop_on_signals
 from pixpipe.dev.webhook_secret import NATS_TOKEN_FILE_NAME, install_nats_token
 from pixpipe.settings import Settings
-from pixpipe.stack import Stack, run_until_stopped, stop_on_signals
 
 
 @contextlib.contextmanager

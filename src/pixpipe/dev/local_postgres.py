@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pixpipe.embedded_nats import free_port, wait_for_port
+from pixpipe.dev.embedded_nats import free_port, wait_for_port
 
 
 def postgres_binaries() -> Path | None:

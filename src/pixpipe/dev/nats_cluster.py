@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pixpipe.embedded_nats import free_port, start_nats_server, token_arguments
+from pixpipe.dev.embedded_nats import free_port, start_nats_server, token_arguments
 
 
 @dataclass

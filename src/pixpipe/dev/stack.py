@@ -20,12 +20,12 @@ from types import FrameType
 import httpx
 
 from pixpipe.db.migrate import upgrade
-from pixpipe.dev.webhook_secret import install_nats_token, install_webhook_secret
-from pixpipe.embedded_nats import (
+from pixpipe.dev.embedded_nats import (
     start_nats_server,
     start_nats_server_on_free_port,
     token_arguments,
 )
+from pixpipe.dev.webhook_secret import install_nats_token, install_webhook_secret
 from pixpipe.retry import doubling_delay
 from pixpipe.settings import Settings, codec_processes_per_worker
 
@@ -89,19 +89,19 @@ class Stack:
                 env["PIXPIPE_EMBEDDED_NATS_PORT"] = str(self.nats_port)
             upgrade(settings.resolved_database_url)
             env["PIXPIPE_DATABASE_URL"] = settings.resolved_database_url
-            self._spawn("ingest", "services.ingest.main", env)
-            self._spawn("notifier", "services.notifier.main", env)
+            self._spawn("ingest", "pixpipe_services.ingest.main", env)
+            self._spawn("notifier", "pixpipe_services.notifier.main", env)
             worker_env = self.worker_environment(env)
             for index in range(self.workers):
                 name = f"worker-{index + 1}"
                 if self.separate_worker_data_dirs:
                     own = settings.data_dir.resolve() / name
                     own.mkdir(exist_ok=True)
-                    self._spawn(name, "services.worker.main",
+                    self._spawn(name, "pixpipe_services.worker.main",
                                 {**worker_env, "PIXPIPE_DATA_DIR": str(own)})
                 else:
-                    self._spawn(name, "services.worker.main", worker_env)
-            self._spawn("gateway", "services.gateway.main", env)
+                    self._spawn(name, "pixpipe_services.worker.main", worker_env)
+            self._spawn("gateway", "pixpipe_services.gateway.main", env)
             self.wait_until_ready()
         except BaseException:
             self.stop()
