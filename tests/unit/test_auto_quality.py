@@ -11,6 +11,7 @@ from ssimulacra2 import compute_ssimulacra2
 
 from pixpipe.codec import TransformOptions, transform_image
 from pixpipe.domain import RequestOptions
+from pixpipe.quality_score import ScoreReference, sample_tiles
 from pixpipe.status_messages import options_from_proto, options_to_proto
 
 
@@ -65,3 +66,38 @@ def test_measure_quality_round_trips_through_the_wire() -> None:
     assert message.measure_quality and message.quality == 60
     assert options_from_proto(message) == options
     assert options_from_proto(options_to_proto(RequestOptions())).measure_quality is None
+
+
+@pytest.mark.parametrize(("size", "mosaic"), [((2560, 1600), (256, 256)),
+                                              ((1411, 1411), (256, 256)),
+                                              ((600, 400), (128, 128)),
+                                              ((300, 200), (128, 128)),
+                                              ((200, 120), (200, 120))])
+def test_small_pictures_are_searched_on_smaller_tiles(size: tuple[int, int],
+                                                      mosaic: tuple[int, int]) -> None:
+    assert sample_tiles(Image.new("RGB", size)).size == mosaic
+
+
+def test_a_mosaic_too_small_for_six_scales_scores_on_the_package_scale(
+        corpus_dir: Path) -> None:
+    with Image.open(corpus_dir / "photos" / "coffee.png") as coffee:
+        picture = coffee.convert("RGB")
+    tiles = sample_tiles(picture)
+    reference = ScoreReference(tiles)
+    assert reference.score(tiles) == 100.0
+    out = BytesIO()
+    tiles.save(out, "JPEG", quality=50)
+    with Image.open(out) as decoded:
+        distorted = decoded.convert("RGB")
+    # Five scales, the sixth taken as flawless: a JPEG q50 score, not one with the weights
+    # of one channel applied to the next.
+    assert 40 < reference.score(distorted) < 90
+
+
+def test_a_small_picture_reaches_the_target(corpus_dir: Path) -> None:
+    source = (corpus_dir / "photos" / "coffee.png").read_bytes()
+    auto = transform_image(source, TransformOptions(target_score=65.0))
+    assert auto.score is not None and auto.score >= 65.0
+    assert auto.quality_used is not None
+    lower = transform_image(source, TransformOptions(quality=auto.quality_used - 3))
+    assert len(lower.data) < len(auto.data)

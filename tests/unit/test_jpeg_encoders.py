@@ -6,10 +6,10 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, JpegImagePlugin
 
 from pixpipe.codec import TransformOptions, transform_image
-from pixpipe.jpeg_encoders import EFFORTS, Effort
+from pixpipe.jpeg_encoders import EFFORTS, Effort, encode_jpeg
 from tests.support.images import decode, mean_difference
 
 # Two photos keep this quick: one colour, the greyscale one.
@@ -64,3 +64,17 @@ def test_a_kept_source_has_no_encoder(product_photos: Path) -> None:
         grey.save(small, "JPEG", quality=5)
     result = transform_image(small.getvalue(), TransformOptions(quality=95, effort="max"))
     assert (result.kept_source, result.encoder, result.quality_used) == (True, None, None)
+
+
+
+def test_balanced_scales_its_table_before_clipping_as_mozjpeg_does() -> None:
+    picture = Image.new("RGB", (64, 64), (120, 30, 200))
+    tables = {}
+    for quality in (50, 80):
+        with JpegImagePlugin.JpegImageFile(BytesIO(encode_jpeg(picture, quality, None,
+                                                               "balanced"))) as out:
+            tables[quality] = out.quantization
+    # Baseline (8-bit) tables: the highest frequency clips to 255 at q50; at q80 it is the
+    # unclipped 524 scaled to 40 %, not 255 scaled (102).
+    assert list(tables[50][0])[-1] == 255 and list(tables[80][0])[-1] == 210
+    assert tables[80][0] == tables[80][1]
