@@ -42,7 +42,7 @@ from ssimulacra2 import compute_ssimulacra2
 from bench.corpus import corpus_dir
 from pixpipe import codec
 from pixpipe.codec import TransformOptions, transform_image
-from pixpipe.jpeg_encoders import Effort
+from pixpipe.domain import Effort
 
 FOLDERS = ("product-photos", "photos")
 OLD_CURVE = (40, 50, 60, 70)

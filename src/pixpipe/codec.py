@@ -8,18 +8,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, Literal
+from typing import Any
 
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from pixpipe.auto_quality import search_quality, tile_score
+from pixpipe.domain import Effort, EncodedFormat, OutputFormat
 from pixpipe.errors import DecodeError
-from pixpipe.format_choice import EncodedFormat, choose_format
-from pixpipe.jpeg_encoders import Effort, encode_jpeg, encoder_name
+from pixpipe.format_choice import choose_format
+from pixpipe.jpeg_encoders import encode_jpeg, encoder_name
 from pixpipe.metadata_strip import strip_metadata
 
 # "auto": the smallest of the formats Pillow encodes at one score (format_choice).
-OutputFormat = Literal["jpeg", "webp", "avif", "auto"]
 
 # Everything else Pillow can read (PSD, EPS through Ghostscript, ICO, ...) is attack surface
 # that product photos do not need.

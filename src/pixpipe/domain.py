@@ -10,7 +10,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 # "auto": per image, the smallest of JPEG, WebP and AVIF at one score.
-OutputFormat = Literal["jpeg", "webp", "avif", "auto"]
+# The one definition of each: settings, the codec and the contract's mapping use these.
+EncodedFormat = Literal["jpeg", "webp", "avif"]
+# "auto": per image, the smallest of the encoded formats at the target score.
+OutputFormat = Literal[EncodedFormat, "auto"]
 Effort = Literal["fast", "balanced", "max"]
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
 
 from PIL import Image, features
 
 from pixpipe.auto_quality import search_quality, tile_score
+from pixpipe.domain import EncodedFormat
 from pixpipe.quality_score import sample_tiles
 
-EncodedFormat = Literal["jpeg", "webp", "avif"]
 # JPEG first: it is the answer when nothing else reaches the score.
 CANDIDATES: tuple[EncodedFormat, ...] = (
     ("jpeg", "webp", "avif") if features.check("avif") else ("jpeg", "webp"))

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from io import BytesIO
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any
 
 from PIL import Image
 
-Effort = Literal["fast", "balanced", "max"]
+from pixpipe.domain import Effort
+
 EFFORTS: tuple[Effort, ...] = ("fast", "balanced", "max")
 
 LIBJPEG_TURBO = "libjpeg-turbo"

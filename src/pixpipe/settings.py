@@ -11,8 +11,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-OutputFormat = Literal["jpeg", "webp", "avif"]
-Effort = Literal["fast", "balanced", "max"]
+from pixpipe.domain import Effort, EncodedFormat
+
 # A list of delays in seconds; NoDecode lets "1,5,15" through to our own parser below.
 Schedule = Annotated[list[float], NoDecode]
 
@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     # Decoding and encoding.
     max_image_pixels: int = 50_000_000
     default_quality: int = Field(default=50, ge=1, le=95)
-    default_format: OutputFormat = "jpeg"
+    default_format: EncodedFormat = "jpeg"
     # fast: libjpeg-turbo baseline; balanced: mozjpeg's tables on libjpeg-turbo, progressive;
     # max: mozjpeg with trellis quantisation (docs/codec.md).
     default_effort: Effort = "balanced"

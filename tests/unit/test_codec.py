@@ -15,13 +15,12 @@ from PIL import Image, ImageCms, ImageOps
 
 from pixpipe.codec import (
     MAX_ICC_BYTES,
-    OutputFormat,
     TransformOptions,
     TransformResult,
     transform_image,
 )
+from pixpipe.domain import Effort, OutputFormat
 from pixpipe.errors import DecodeError
-from pixpipe.jpeg_encoders import Effort
 from pixpipe.metadata_strip import strip_metadata
 from tests.support.images import decode, mean_difference
 

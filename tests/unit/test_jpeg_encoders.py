@@ -9,7 +9,8 @@ import pytest
 from PIL import Image, ImageCms, JpegImagePlugin
 
 from pixpipe.codec import TransformOptions, transform_image
-from pixpipe.jpeg_encoders import EFFORTS, Effort, encode_jpeg
+from pixpipe.domain import Effort
+from pixpipe.jpeg_encoders import EFFORTS, encode_jpeg
 from tests.support.images import decode, mean_difference
 
 # Two photos keep this quick: one colour, the greyscale one.
