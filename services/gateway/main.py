@@ -7,7 +7,7 @@ import logging
 import uvicorn
 
 from pixpipe.object_storage import StorageMisconfigured
-from pixpipe.runtime import configure_logging
+from pixpipe.runtime import start_service_process
 from pixpipe.settings import Settings
 from pixpipe.storage import s3_store_from_settings
 from pixpipe_services.gateway.app import create_app
@@ -15,7 +15,7 @@ from pixpipe_services.gateway.app import create_app
 
 def main() -> None:
     settings = Settings()
-    configure_logging(settings, "gateway")
+    start_service_process(settings, "gateway")
     store = s3_store_from_settings(settings)
     if store is not None:
         try:

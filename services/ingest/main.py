@@ -11,7 +11,7 @@ from pixpipe.db.engine import engine_from_settings, session_factory
 from pixpipe.db.repository import Repository
 from pixpipe.grpc_server import GrpcServer
 from pixpipe.metrics import IngestMetrics, serve_metrics
-from pixpipe.runtime import configure_logging, run_until_signalled
+from pixpipe.runtime import run_until_signalled, start_service_process
 from pixpipe.settings import Settings
 from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc
 from pixpipe_services.ingest.servicer import IngestServicer
@@ -45,7 +45,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
 def main() -> None:
     settings = Settings()
-    configure_logging(settings, "ingest")
+    start_service_process(settings, "ingest")
     run_until_signalled(lambda stop: serve(settings, stop))
 
 

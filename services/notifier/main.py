@@ -17,7 +17,7 @@ from pixpipe.events import EventPublisher, republish_completions
 from pixpipe.grpc_server import GrpcServer
 from pixpipe.metrics import NotifierMetrics, serve_metrics
 from pixpipe.retention import keep_purging
-from pixpipe.runtime import configure_logging, run_until_signalled
+from pixpipe.runtime import run_until_signalled, start_service_process
 from pixpipe.settings import Settings
 from pixpipe.v1 import status_pb2
 from pixpipe_services.notifier.gauges import keep_gauges_current
@@ -139,7 +139,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
 def main() -> None:
     settings = Settings()
-    configure_logging(settings, "notifier")
+    start_service_process(settings, "notifier")
     if not settings.webhook_secret:
         print(f"pixpipe notifier cannot start: {MissingWebhookSecret.__doc__} "
               "Set PIXPIPE_WEBHOOK_SECRET (`make run` generates one per install).",

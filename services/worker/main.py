@@ -13,7 +13,7 @@ from pixpipe.events import EventPublisher
 from pixpipe.fetcher import SafeFetcher
 from pixpipe.metrics import WorkerMetrics, serve_metrics
 from pixpipe.object_storage import StorageMisconfigured
-from pixpipe.runtime import configure_logging, run_until_signalled
+from pixpipe.runtime import run_until_signalled, start_service_process
 from pixpipe.settings import Settings, codec_processes_per_worker
 from pixpipe.storage import s3_store_from_settings, store_from_settings
 from pixpipe_services.worker.consumer import JobConsumer
@@ -61,7 +61,7 @@ async def work(settings: Settings, stop: asyncio.Event) -> None:
 
 def main() -> None:
     settings = Settings()
-    configure_logging(settings, "worker")
+    start_service_process(settings, "worker")
     try:
         run_until_signalled(lambda stop: work(settings, stop))
     except StorageMisconfigured as error:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
+import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -31,6 +34,33 @@ class JsonLogFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def start_service_process(settings: Settings, service: str) -> None:
+    """What every service does first: its logging, and its tie to the process that started
+    it, if it has one."""
+    configure_logging(settings, service)
+    if settings.exit_with_parent_pid:
+        exit_with_parent(settings.exit_with_parent_pid)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """SIGTERM this process when ``parent_pid``, which started it, dies (Linux; elsewhere a
+    no-op). The dev stack's services run in sessions of their own, so nothing else would
+    reach them if the stack were killed: they would live on, pulling jobs from a shared queue
+    into a database no one reads.
+
+    Set here, after exec, rather than between fork and exec: a parent holding gRPC threads
+    (a test runner) must not run Python code in a forked child (gRPC aborted it there)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:  # it died before the signal was asked for
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def configure_logging(settings: Settings, service: str) -> None:

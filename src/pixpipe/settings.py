@@ -181,6 +181,9 @@ class Settings(BaseSettings):
                                 "URLs conditionally.")
 
     log_level: str = "INFO"
+    exit_with_parent_pid: int | None = Field(default=None, description="Linux: the service "
+                                             "stops when this process dies (the dev stack "
+                                             "sets it to its own pid).")
     log_format: Literal["text", "json"] = Field(default="text", description="`json`: one "
                                                 "JSON object per log line, for collectors.")
 

@@ -171,12 +171,15 @@ def test_supervisor_restarts_a_crashing_service_with_backoff_reset_after_a_stabl
 def test_services_stop_when_the_stack_process_dies_without_cleaning_up() -> None:
     """A stack killed outright (or a test runner crashing past its clean-up) leaves no
     services behind to pull jobs from a shared queue."""
+    # A stand-in service: it ties itself to the stack as the services' mains do, then waits.
+    service = ("import os, sys, time\n"
+               "from pixpipe.runtime import exit_with_parent\n"
+               "exit_with_parent(int(sys.argv[1]))\n"
+               "time.sleep(120)\n")
     script = (
         "import subprocess, sys, os\n"
-        "from pixpipe.dev.stack import _stop_when_the_stack_dies\n"
-        "child = subprocess.Popen(['sleep', '120'], start_new_session=True,\n"
-        "                         stdout=subprocess.DEVNULL,\n"
-        "                         preexec_fn=_stop_when_the_stack_dies)\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {service!r}, str(os.getpid())],\n"
+        "                         start_new_session=True, stdout=subprocess.DEVNULL)\n"
         "print(child.pid, flush=True)\n"
         "os._exit(0)\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

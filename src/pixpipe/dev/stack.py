@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -181,14 +180,17 @@ class Stack:
             # One host, several processes: each gets the next port after the configured one.
             offset = list(self._launches).index(name)
             env = {**env, "PIXPIPE_METRICS_PORT": str(self.settings.metrics_port + offset)}
+        if threading.current_thread() is threading.main_thread():
+            # The service stops if the stack dies. The kernel signals when the *thread* that
+            # started a child ends, and only the main thread lives as long as the process.
+            env = {**env, "PIXPIPE_EXIT_WITH_PARENT_PID": str(os.getpid())}
         log_path = self._log_path(name)
         output = open(log_path, "ab") if log_path else None  # noqa: SIM115
         # A session of its own: Ctrl-C reaches only the stack, which stops the services in
         # order (NATS last) instead of every process dying at once.
-        self.processes[name] = subprocess.Popen([sys.executable, "-m", module], env=env,
-                                                stdout=output, stderr=subprocess.STDOUT
-                                                if output else None, start_new_session=True,
-                                                preexec_fn=_death_signal())
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", module], env=env, stdout=output,
+            stderr=subprocess.STDOUT if output else None, start_new_session=True)
         self.started_at[name] = self.clock()
         if output is not None:
             output.close()  # the service holds its own copy
@@ -238,29 +240,6 @@ def stop_on_signals() -> Callable[[], bool]:
     signal.signal(signal.SIGTERM, record)
     signal.signal(signal.SIGINT, record)
     return lambda: bool(received)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _stop_when_the_stack_dies() -> None:
-    """In a service, between fork and exec: SIGTERM it when the stack's process dies.
-
-    The services run in sessions of their own, so nothing else would reach them if the stack
-    were killed (or a test runner crashed past its clean-up): they would live on, pulling jobs
-    from the shared queue into a database no one reads. Linux only; elsewhere a no-op.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
-def _death_signal() -> Callable[[], None] | None:
-    # The kernel sends it when the *thread* that started the child ends: only the main
-    # thread lives as long as the process.
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    return _stop_when_the_stack_dies if on_main_thread else None
 
 
 @dataclass(frozen=True)
