@@ -214,13 +214,15 @@ class Repository:
     async def open_job(self, image_id: str) -> ImageJob | None:
         """The job of an open image as the database records it (request, URL, options and
         key), whatever a message on the bus claims; None when it is unknown or settled."""
-        async with self._sessions() as session:
-            row = (await session.execute(_OPEN_JOB, {"p_image_id": image_id})).one_or_none()
+        # A plain connection, not an ORM session: workers ask this for every job.
+        async with self._sessions.kw["bind"].connect() as connection:
+            row = (await connection.execute(_OPEN_JOB, {"p_image_id": image_id})
+                   ).one_or_none()
         if row is None:
             return None
-        return ImageJob(request_id=row.request_id, image_id=image_id, url=row.input_url,
-                        options=RequestOptions.model_validate(row.options or {}),
-                        tenant=row.api_key_id or "")
+        return ImageJob.model_construct(  # the database's own values: nothing to validate
+            request_id=row.request_id, image_id=image_id, url=row.input_url,
+            options=RequestOptions.model_validate(row.options or {}), tenant=row.api_key_id or "")
 
     async def start_image(self, image_id: str, *, worker: str = "") -> ImageChange | None:
         """Mark an image processing; None when it is unknown or already terminal."""
