@@ -145,8 +145,17 @@ class JobConsumer:
             self._start(messages)
 
     def _start(self, messages: list[Msg]) -> None:
+        """A task per message, all sharing one read of their jobs' rows."""
+        claims: list[tuple[Msg, ImageJob | None]] = []
         for message in messages:
-            task = asyncio.create_task(self._handle(message))
+            try:
+                claims.append((message, ImageJob.model_validate_json(message.data)))
+            except ValidationError:
+                claims.append((message, None))
+        lookup = asyncio.ensure_future(self._repository.open_jobs(  # noqa: RUF006 (each job's task holds it)
+            [claimed.image_id for _, claimed in claims if claimed is not None]))
+        for message, claimed in claims:
+            task = asyncio.create_task(self._handle(message, claimed, lookup))
             self._in_hand.add(task)
             task.add_done_callback(self._done)
 
@@ -163,10 +172,9 @@ class JobConsumer:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _handle(self, message: Msg) -> None:
-        try:
-            claimed = ImageJob.model_validate_json(message.data)
-        except ValidationError:
+    async def _handle(self, message: Msg, claimed: ImageJob | None,
+                      lookup: asyncio.Future[dict[str, ImageJob]]) -> None:
+        if claimed is None:
             log.error("dropping malformed job message: %r", message.data[:200])
             await message.term()
             return
@@ -174,7 +182,8 @@ class JobConsumer:
         # message forged on the bus can neither point an image at another URL nor borrow
         # another request's options or key.
         try:
-            job = await self._repository.open_job(claimed.image_id)
+            # Shielded: a job cancelled on shutdown must not cancel its batch-mates' read.
+            job = (await asyncio.shield(lookup)).get(claimed.image_id)
         except Exception:
             log.warning("could not look up job %s; it will be redelivered", claimed.message_id,
                         exc_info=True)

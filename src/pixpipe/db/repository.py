@@ -78,11 +78,11 @@ def _one_of(column: ColumnElement[str], values: Sequence[str]) -> ColumnElement[
 _IMAGE_IS_OPEN = _one_of(_images.c.status, _OPEN_IMAGE_STATES)
 
 # The hot statements are built once; workers run them for every image.
-_OPEN_JOB = (
-    select(_images.c.request_id, _images.c.input_url, _requests.c.options,
+_OPEN_JOBS = (
+    select(_images.c.id, _images.c.request_id, _images.c.input_url, _requests.c.options,
            _requests.c.api_key_id)
     .join(_requests, _requests.c.id == _images.c.request_id)
-    .where(_images.c.id == bindparam("p_image_id"), _IMAGE_IS_OPEN)
+    .where(_images.c.id.in_(bindparam("p_image_ids", expanding=True)), _IMAGE_IS_OPEN)
 )
 _START_IMAGE = (
     update(_images)
@@ -211,18 +211,19 @@ class Repository:
         await RequestWriter(self._sessions.kw["bind"], self._writes).fail_unqueued(
             request_id, reason)
 
-    async def open_job(self, image_id: str) -> ImageJob | None:
-        """The job of an open image as the database records it (request, URL, options and
-        key), whatever a message on the bus claims; None when it is unknown or settled."""
-        # A plain connection, not an ORM session: workers ask this for every job.
+    async def open_jobs(self, image_ids: Sequence[str]) -> dict[str, ImageJob]:
+        """The jobs of those images that are open, as the database records them (request,
+        URL, options and key), whatever messages on the bus claim; one read for a batch."""
+        if not image_ids:
+            return {}
+        # A plain connection, not an ORM session: workers ask this for every batch of jobs.
         async with self._sessions.kw["bind"].connect() as connection:
-            row = (await connection.execute(_OPEN_JOB, {"p_image_id": image_id})
-                   ).one_or_none()
-        if row is None:
-            return None
-        return ImageJob.model_construct(  # the database's own values: nothing to validate
-            request_id=row.request_id, image_id=image_id, url=row.input_url,
-            options=RequestOptions.model_validate(row.options or {}), tenant=row.api_key_id or "")
+            rows = (await connection.execute(_OPEN_JOBS, {"p_image_ids": list(image_ids)})
+                    ).all()
+        return {row.id: ImageJob.model_construct(  # the database's own values
+            request_id=row.request_id, image_id=row.id, url=row.input_url,
+            options=RequestOptions.model_validate(row.options or {}),
+            tenant=row.api_key_id or "") for row in rows}
 
     async def start_image(self, image_id: str, *, worker: str = "") -> ImageChange | None:
         """Mark an image processing; None when it is unknown or already terminal."""
