@@ -10,7 +10,7 @@ import pytest
 from tests.support.faults import FaultOutcome
 from tests.support.http_server import CorpusHttpServer
 from tests.support.infrastructure import NatsServer
-from tests.support.stack import RunningStack, running_stack, stack_settings
+from tests.support.stack import RunningStack, stack_in
 
 
 @pytest.fixture(scope="session")
@@ -22,9 +22,8 @@ def corpus_server(corpus_dir: Path) -> Iterator[CorpusHttpServer]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, database_url: str,
           nats_server: NatsServer) -> Iterator[RunningStack]:
-    data_dir = tmp_path_factory.mktemp("stack")
-    environment = stack_settings(data_dir, database_url=database_url, nats_url=nats_server.url)
-    with running_stack(data_dir, environment, workers=2) as running:
+    with stack_in(tmp_path_factory, "stack", database_url=database_url,
+                  nats_url=nats_server.url) as running:
         yield running
 
 

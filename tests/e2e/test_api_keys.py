@@ -22,8 +22,7 @@ from tests.support.infrastructure import NatsServer
 from tests.support.stack import (
     RunningStack,
     products_csv,
-    running_stack,
-    stack_settings,
+    stack_in,
 )
 from tests.support.webhook_receiver import WebhookReceiver
 
@@ -31,10 +30,8 @@ from tests.support.webhook_receiver import WebhookReceiver
 @pytest.fixture(scope="module")
 def keyed_stack(tmp_path_factory: pytest.TempPathFactory, database_url: str,
                 nats_server: NatsServer) -> Iterator[RunningStack]:
-    data_dir = tmp_path_factory.mktemp("stack-keys")
-    environment = stack_settings(data_dir, database_url=database_url,
-                                 nats_url=nats_server.url, PIXPIPE_API_KEYS="true")
-    with running_stack(data_dir, environment, workers=1) as running:
+    with stack_in(tmp_path_factory, "stack-keys", database_url=database_url,
+                  nats_url=nats_server.url, workers=1, PIXPIPE_API_KEYS="true") as running:
         yield running
 
 

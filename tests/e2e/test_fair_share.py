@@ -16,8 +16,7 @@ from tests.support.infrastructure import NatsServer
 from tests.support.stack import (
     RunningStack,
     get_status,
-    running_stack,
-    stack_settings,
+    stack_in,
     upload,
     wait_until_terminal,
 )
@@ -30,10 +29,9 @@ SMALL_REQUEST_BUDGET_SECONDS = 15.0
 @pytest.fixture(scope="module")
 def fair_stack(tmp_path_factory: pytest.TempPathFactory, database_url: str,
                nats_server: NatsServer) -> Iterator[RunningStack]:
-    data_dir = tmp_path_factory.mktemp("stack-fair")
-    environment = stack_settings(data_dir, database_url=database_url,
-                                 nats_url=nats_server.url, PIXPIPE_FETCH_TIMEOUT_SECONDS="60")
-    with running_stack(data_dir, environment, workers=1) as running:
+    with stack_in(tmp_path_factory, "stack-fair", database_url=database_url,
+                  nats_url=nats_server.url, workers=1,
+                  PIXPIPE_FETCH_TIMEOUT_SECONDS="60") as running:
         yield running
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import pytest
 
 from pixpipe.client.uploads import byte_chunks, upload_requests
 from pixpipe.dev.embedded_nats import free_port
@@ -80,6 +81,17 @@ def running_stack(data_dir: Path, environment: dict[str, str], *,
         yield RunningStack(settings=settings, stack=stack, log_dir=log_dir)
     finally:
         stack.stop()
+
+
+@contextmanager
+def stack_in(tmp_path_factory: pytest.TempPathFactory, name: str, *, database_url: str,
+             nats_url: str, workers: int = 2, **overrides: str) -> Iterator[RunningStack]:
+    """A module's stack in a fresh directory of its own, on the session's database and NATS."""
+    data_dir = tmp_path_factory.mktemp(name)
+    environment = stack_settings(data_dir, database_url=database_url, nats_url=nats_url,
+                                 **overrides)
+    with running_stack(data_dir, environment, workers=workers) as running:
+        yield running
 
 
 def upload_messages(csv_bytes: bytes, *, chunk_size: int = 1024, file_name: str = "products.csv",
