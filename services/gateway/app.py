@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+import pixpipe
 from pixpipe.client import PixpipeClient, ServerAddresses
 from pixpipe.settings import Settings
 from pixpipe_services.gateway.dependencies import GatewayLimits
@@ -64,7 +65,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    app = FastAPI(title="pixpipe", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="pixpipe", version=pixpipe.__version__, lifespan=lifespan,
                   description="Bulk product-image compression: upload a CSV of image URLs, "
                               "follow its progress, download the results.")
     app.state.settings = settings

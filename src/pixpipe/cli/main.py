@@ -20,6 +20,7 @@ import grpc
 from pydantic import ValidationError
 from rich.console import Console
 
+import pixpipe
 from pixpipe.cli.keys import add_keys_commands, run_keys_command
 from pixpipe.cli.progress import follow
 from pixpipe.cli.render import (
@@ -52,6 +53,8 @@ class UsageError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pixpipe", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {pixpipe.__version__}")
     parser.add_argument("--server", default=os.environ.get("PIXPIPE_INGEST_ADDRESS",
                                                            "127.0.0.1:50051"),
                         help="ingest service host:port (env PIXPIPE_INGEST_ADDRESS)")
