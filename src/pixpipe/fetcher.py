@@ -22,7 +22,7 @@ from pixpipe.net_policy import (
 from pixpipe.safe_transport import guarded_transport
 
 if TYPE_CHECKING:
-    from pixpipe.settings import Settings
+    from pixpipe.settings import FetchSettings
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +66,8 @@ class SafeFetcher:
 
     It sends plain GETs straight to the transport: no cookies (fetches for different requests
     must not carry state from one to the next), no authentication, no content decoding, and
-    redirects followed here, each hop vetted before it is requested. httpx's client would
-    only add work per request and per body chunk that a worker pays for every image.
+    redirects followed here, each hop vetted before it is requested. httpx's client would cost
+    more per download and need its cookie jar disabled.
     """
 
     def __init__(
@@ -92,15 +92,15 @@ class SafeFetcher:
                           "write": None, "pool": None}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SafeFetcher:
+    def from_settings(cls, fetch: FetchSettings) -> SafeFetcher:
         return cls(
             FetchPolicy(
-                allow_private_networks=settings.allow_private_networks,
-                timeout_seconds=settings.fetch_timeout_seconds,
-                connect_timeout_seconds=settings.fetch_connect_timeout_seconds,
-                max_bytes=settings.max_image_bytes,
-                max_redirects=settings.max_redirects,
-                user_agent=settings.user_agent,
+                allow_private_networks=fetch.allow_private_networks,
+                timeout_seconds=fetch.timeout_seconds,
+                connect_timeout_seconds=fetch.connect_timeout_seconds,
+                max_bytes=fetch.max_image_bytes,
+                max_redirects=fetch.max_redirects,
+                user_agent=fetch.user_agent,
             )
         )
 
@@ -130,12 +130,8 @@ class SafeFetcher:
                 return await self._follow_redirects(url, conditional)
         except FetchError:
             raise
-        except TimeoutError:
-            raise FetchError(
-                f"timed out after {self._policy.timeout_seconds:g} s", transient=True
-            ) from None
         except Exception as exc:
-            raise _classify(exc) from exc
+            raise _fetch_error(exc, self._policy.timeout_seconds) from exc
 
     async def _follow_redirects(self, url: str,
                                 conditional: Mapping[str, str] | None) -> FetchedImage:
@@ -177,9 +173,7 @@ class SafeFetcher:
             raise too_large
         chunks: list[bytes] = []
         received = 0
-        stream = response.stream
-        assert isinstance(stream, httpx.AsyncByteStream)
-        async for chunk in stream:
+        async for chunk in response.aiter_raw():
             received += len(chunk)
             if received > limit:
                 raise too_large
@@ -200,9 +194,7 @@ async def _discard_short_body(response: httpx.Response) -> None:
     declared = response.headers.get("Content-Length", "")
     if not declared.isdigit() or int(declared) > _DISCARDED_BODY_BYTES:
         return
-    stream = response.stream
-    assert isinstance(stream, httpx.AsyncByteStream)
-    async for _chunk in stream:
+    async for _chunk in response.aiter_raw():
         pass
 
 
@@ -267,14 +259,21 @@ def _format_size(size: int) -> str:
     return f"{size} bytes"
 
 
-def _classify(exc: Exception) -> FetchError:
+def _fetch_error(exc: Exception, timeout_seconds: float) -> FetchError:
+    """The one translation of what a download raised into the reason a job records.
+
+    Network errors arrive as httpx's types (httpx translates httpcore's), except the two the
+    guarded backend raises itself: ``AddressNotAllowed`` and ``socket.gaierror``.
+    """
+    if isinstance(exc, TimeoutError):  # the total limit, not httpx's connect timeout
+        return FetchError(f"timed out after {timeout_seconds:g} s", transient=True)
     if isinstance(exc, AddressNotAllowed):
         return FetchError("source address not allowed", transient=False)
     if isinstance(exc, socket.gaierror):
         return FetchError("could not resolve host", transient=True)
     if isinstance(exc, httpx.ConnectTimeout):
         return FetchError("timed out connecting to source", transient=True)
-    if isinstance(exc, httpx.ConnectError | ConnectionError):
+    if isinstance(exc, httpx.ConnectError):
         return FetchError("could not connect to source", transient=True)
     if isinstance(exc, httpx.RemoteProtocolError):
         return FetchError("incomplete or malformed response from source", transient=True)

@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 import threading
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
+import httpx
 import pytest
+import trustme
 
 from pixpipe.errors import FetchError
 from pixpipe.fetcher import FetchPolicy, SafeFetcher
 from pixpipe.net_policy import IPAddress
+from pixpipe.safe_transport import guarded_transport
 from pixpipe.settings import Settings
 from tests.support.http_server import CorpusHttpServer, Exchange
 from tests.support.paths import corpus_root
@@ -89,7 +94,7 @@ async def test_concurrent_fetches_share_one_client(
 
 async def test_from_settings_uses_the_fetch_settings(server: CorpusHttpServer) -> None:
     settings = Settings(allow_private_networks=True, max_image_bytes=1024, user_agent="s/1")
-    async with SafeFetcher.from_settings(settings) as f:
+    async with SafeFetcher.from_settings(settings.fetch) as f:
         error = await fetch_error(f, server.url("photos/rocket.jpg"))
     assert error.reason == "image larger than 1 KB"
     assert server.requests[-1].headers["User-Agent"] == "s/1"
@@ -355,3 +360,104 @@ async def test_error_pages_leave_their_connection_for_the_next_download(
         assert connections == 1
     finally:
         server.close()
+
+
+def counted(server: CorpusHttpServer, path: str, body: bytes) -> tuple[str, list[int]]:
+    """A route serving ``body`` that notes each request's client port: one per connection."""
+    ports: list[int] = []
+
+    def handler(exchange: Exchange) -> None:
+        ports.append(exchange.client_address[1])
+        exchange.send(200, body, {"Content-Type": "image/jpeg"})
+
+    return server.route(path, handler), ports
+
+
+async def test_downloads_one_after_another_share_one_connection(
+    server: CorpusHttpServer, fetcher: SafeFetcher
+) -> None:
+    url, ports = counted(server, "/counted.jpg", ROCKET.read_bytes())
+    for _ in range(3):
+        assert (await fetcher.fetch(url)).content == ROCKET.read_bytes()
+    assert len(ports) == 3 and len(set(ports)) == 1
+
+
+async def test_a_download_refused_midway_does_not_hand_its_connection_on(
+    server: CorpusHttpServer,
+) -> None:
+    # The unread rest of the refused body would otherwise be taken for the next answer.
+    small, ports = counted(server, "/small.jpg", b"\xff\xd8\xff" * 100)
+    async with SafeFetcher(FetchPolicy(allow_private_networks=True, max_bytes=100 * 1024)) as f:
+        await f.fetch(small)
+        error = await fetch_error(f, server.url("/photos/rocket.jpg"))
+        assert error.reason == "image larger than 100 KB"
+        assert (await f.fetch(small)).content == b"\xff\xd8\xff" * 100
+    assert len(set(ports)) == 2
+
+
+async def test_connection_closed_by_the_server_while_idle_is_not_reused(
+    server: CorpusHttpServer, fetcher: SafeFetcher
+) -> None:
+    await fetcher.fetch(server.url("photos/rocket.jpg"))
+    server.drop_connections()  # the server hangs up the idle keep-alive connection
+    assert (await fetcher.fetch(server.url("photos/rocket.jpg"))).content == ROCKET.read_bytes()
+    assert len(server.requests) == 2
+
+
+async def test_the_address_checked_is_the_address_connected_to(
+    server: CorpusHttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: a name that resolves to an allowed address when it is checked and to a
+    refused one a moment later reaches the allowed one, never the other."""
+    resolve = socket.getaddrinfo
+    answers = iter(["127.0.0.1"] + ["127.0.0.2"] * 10)
+
+    def rebinding(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        return resolve(next(answers) if host == "rebind.test" else host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    with socket.socket() as private:  # the "internal" service on the same port
+        private.bind(("127.0.0.2", server.port))
+        private.listen()
+        private.setblocking(False)
+        async with SafeFetcher(FetchPolicy(), is_address_allowed=only_127_0_0_1) as f:
+            image = await f.fetch(f"http://rebind.test:{server.port}/photos/rocket.jpg")
+        assert image.content == ROCKET.read_bytes()
+        with pytest.raises(BlockingIOError):
+            private.accept()
+
+
+@pytest.fixture(scope="module")
+def authority() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def https_server(authority: trustme.CA) -> Iterator[CorpusHttpServer]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(context)
+    with CorpusHttpServer(CORPUS, host="localhost", tls=context) as running:
+        yield running
+
+
+async def test_https_verifies_the_url_host_name_not_the_checked_address(
+    https_server: CorpusHttpServer, authority: trustme.CA
+) -> None:
+    context = ssl.create_default_context()
+    authority.configure_trust(context)
+    transport = guarded_transport(allow_private=False, is_allowed=lambda ip: ip.is_loopback,
+                                  ssl_context=context)
+    async with httpx.AsyncClient(transport=transport) as client:
+        response = await client.get(https_server.url("photos/rocket.jpg"))
+        assert response.content == ROCKET.read_bytes()
+        # The certificate names localhost; the same server by its address does not match it.
+        with pytest.raises(httpx.ConnectError, match="certificate verify failed"):
+            await client.get(f"https://127.0.0.1:{https_server.port}/photos/rocket.jpg")
+
+
+async def test_untrusted_certificate_fails_the_fetch_with_a_reason(
+    https_server: CorpusHttpServer, fetcher: SafeFetcher
+) -> None:
+    # The fetcher trusts the public roots only; the test authority is not one of them.
+    error = await fetch_error(fetcher, https_server.url("photos/rocket.jpg"))
+    assert (error.reason, error.transient) == ("could not connect to source", True)
