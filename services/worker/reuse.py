@@ -36,8 +36,12 @@ log = logging.getLogger(__name__)
 
 # Bump when transform_image can produce other bytes for the same source and options.
 CODEC_REVISION = 1
-# A claim this old belongs to a worker that died mid-encode: another may take it over.
-CLAIM_STALE = timedelta(seconds=120)
+# A worker refreshes its claim this often while it encodes, so a claim older than
+# CLAIM_STALE belongs to a worker that died mid-encode and another may take it over. Short,
+# because every worker holding a job of the same source waits that long for a dead claim
+# (its jobs' lifetime is counted from the same clock).
+CLAIM_REFRESH_SECONDS = 5.0
+CLAIM_STALE = timedelta(seconds=20)
 # Core NATS, outside every stream: "the output of this content key is recorded", so workers
 # waiting for another's encode copy it at once. A lost notice costs only the wait until the
 # next look at the database: after 0.05 s, doubling up to every 0.5 s.
@@ -183,6 +187,7 @@ class OutputReuse:
     async def _encode_claimed(self, key: str, job: ImageJob, source: SourceAnswer | None,
                               encode: Callable[[], Awaitable[ImageOutcome]]) -> ImageOutcome:
         recorded = False
+        keeping = asyncio.create_task(self._keep_claim(key))
         try:
             outcome = await encode()
             if isinstance(outcome, ImageSuccess):
@@ -192,8 +197,17 @@ class OutputReuse:
                         await self._nats.publish(READY_SUBJECT, key.encode())
             return outcome
         finally:
+            keeping.cancel()
             if not recorded:
                 await self._release(key)
+
+    async def _keep_claim(self, key: str) -> None:
+        while True:
+            await asyncio.sleep(CLAIM_REFRESH_SECONDS)
+            try:
+                await self._index.refresh_claim(key)
+            except Exception:
+                log.warning("could not refresh the claim on %s", key, exc_info=True)
 
     @contextlib.contextmanager
     def _notice_of(self, key: str) -> Iterator[asyncio.Event]:

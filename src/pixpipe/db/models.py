@@ -218,8 +218,8 @@ class SourceValidator(Base):
 
 class ContentClaim(Base):
     """A worker encoding ``content_key`` now: others wait for its output rather than encode
-    the same source too. Deleted when the encode ends; a claim older than the worker's
-    limit is taken over (its worker died)."""
+    the same source too. Refreshed while the encode runs and deleted when it ends; a claim
+    left unrefreshed for long is taken over (its worker died)."""
 
     __tablename__ = "content_claims"
 

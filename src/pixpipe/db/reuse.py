@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Connection, DateTime, Table, bindparam, delete, select
+from sqlalchemy import Connection, DateTime, Table, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert
@@ -31,6 +31,8 @@ _FIND_SOURCE = (select(_validators.c.content_key, _validators.c.etag,
                 .join(_outputs, _outputs.c.content_key == _validators.c.content_key)
                 .where(_validators.c.lookup_key == bindparam("p_lookup_key")))
 _RELEASE = delete(_claims).where(_claims.c.content_key == bindparam("p_key"))
+_REFRESH = (update(_claims).where(_claims.c.content_key == bindparam("p_key"))
+            .values(claimed_at=bindparam("p_now")))
 _FORGET = delete(_outputs).where(_outputs.c.content_key == bindparam("p_key"))
 
 
@@ -93,6 +95,11 @@ class ReuseIndex:
                 "p_stale": now - stale_after}).first() is not None
 
         return await self._writes.run(work)
+
+    async def refresh_claim(self, content_key: str) -> None:
+        """Show that the claim's worker is alive: its claim stays fresh while it encodes."""
+        await self._writes.run(lambda connection: connection.execute(
+            _REFRESH, {"p_key": content_key, "p_now": datetime.now(UTC)}))
 
     async def release(self, content_key: str) -> None:
         await self._writes.run(lambda connection: connection.execute(
