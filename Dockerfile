@@ -9,16 +9,16 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/venv
 WORKDIR /src
 
-# Dependencies first, against empty packages, so editing the code does not reinstall them.
+# Dependencies first, against the bare package (its __init__ holds the version), so editing
+# the code does not reinstall them. The tracing extra lets PIXPIPE_TRACING be turned on.
 COPY pyproject.toml README.md ./
-RUN mkdir -p src/pixpipe \
-    && touch src/pixpipe/__init__.py
-RUN --mount=type=cache,target=/root/.cache/pip /opt/venv/bin/pip install .
+COPY src/pixpipe/__init__.py src/pixpipe/__init__.py
+RUN --mount=type=cache,target=/root/.cache/pip /opt/venv/bin/pip install ".[tracing]"
 
 COPY src ./src
 COPY services ./services
 RUN --mount=type=cache,target=/root/.cache/pip \
-    /opt/venv/bin/pip install --no-deps --force-reinstall . \
+    /opt/venv/bin/pip install --no-deps --force-reinstall ".[tracing]" \
     && /opt/venv/bin/pixpipe-migrate --help >/dev/null
 
 # Runtime stage: the venv and nothing else, run by an unprivileged user.

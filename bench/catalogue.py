@@ -13,6 +13,10 @@ figures are pixpipe's own per-image overhead rather than Pillow's. Then, for a r
 - the webhook body's bytes and the output CSV's time to stream;
 - the ingest process's peak RSS.
 
+``--tracing otlp`` runs every service with tracing on, exporting over OTLP/HTTP to a loopback
+sink that reads each batch and drops it: the cost of tracing to the services, without a
+collector's.
+
 Each figure is printed beside its target and as a ratio to a baseline measured in the same
 run where one exists. A benchmark, not a test: it exits non-zero only when the run breaks.
 """
@@ -90,12 +94,14 @@ def catalogue_csv(base_url: str, images: int, *, per_product: int = 5, tag: str 
 
 class _WebhookHandler(http.server.BaseHTTPRequestHandler):
     bodies: list[int]
+    status = 204
 
     def do_POST(self) -> None:  # the http.server handler name
         length = int(self.headers.get("content-length", "0"))
         self.rfile.read(length)
         self.bodies.append(length)
-        self.send_response(204)
+        self.send_response(self.status)
+        self.send_header("Content-Length", "0")
         self.end_headers()
 
     def log_message(self, format: str, *args: object) -> None:
@@ -103,17 +109,28 @@ class _WebhookHandler(http.server.BaseHTTPRequestHandler):
 
 
 @contextmanager
-def webhook_receiver() -> Iterator[tuple[str, list[int]]]:
+def _posts_received(path: str, status: int) -> Iterator[tuple[str, list[int]]]:
+    """A loopback server answering every POST ``status``; yields its URL and the sizes of
+    the bodies it received."""
     bodies: list[int] = []
-    handler = type("Handler", (_WebhookHandler,), {"bodies": bodies})
+    handler = type("Handler", (_WebhookHandler,), {"bodies": bodies, "status": status})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook", bodies
+        yield f"http://127.0.0.1:{server.server_address[1]}{path}", bodies
     finally:
         server.shutdown()
         server.server_close()
+
+
+def webhook_receiver() -> contextlib.AbstractContextManager[tuple[str, list[int]]]:
+    return _posts_received("/hook", 204)
+
+
+def otlp_sink() -> contextlib.AbstractContextManager[tuple[str, list[int]]]:
+    """An OTLP/HTTP endpoint that drops what it gets (200 and an empty body is a success)."""
+    return _posts_received("", 200)
 
 
 def wait_terminal(client: StackClient, request_id: str, timeout: float) -> None:
@@ -169,8 +186,8 @@ def measure(settings: Settings, environment: dict[str, str], log_dir: Path, orig
             images: int, report: Report) -> None:
     stack = Stack(settings=settings, workers=2, log_dir=log_dir, environment=environment)
     stack.start()
-    client = StackClient(settings)
-    gateway = f"http://127.0.0.1:{settings.gateway_port}"
+    client = StackClient(settings.network)
+    gateway = f"http://127.0.0.1:{settings.network.gateway_port}"
     try:
         with webhook_receiver() as (hook_url, bodies), httpx.Client(timeout=300) as http:
             csv_bytes = catalogue_csv(origin, images, tag="g")
@@ -243,7 +260,7 @@ def measure(settings: Settings, environment: dict[str, str], log_dir: Path, orig
                               f"gRPC: {images / grpc_seconds:,.0f}/s"))
             running = response.json()["request_id"]
             joins = asyncio.run(snapshot_latencies(
-                f"127.0.0.1:{settings.status_port}", running, 20))
+                f"127.0.0.1:{settings.network.status_port}", running, 20))
             report.add(Figure("late watcher's snapshot p50 (running request)",
                               ms(statistics.median(joins)), "ms", "<= 100 ms",
                               ms(max(joins)) <= 100, f"max {ms(max(joins)):.1f} ms"))
@@ -259,9 +276,13 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    parser.add_argument("--tracing", choices=("off", "otlp"), default="off",
+                        help="otlp: trace every service, exporting to a loopback sink")
     args = parser.parse_args(argv)
     server = os.environ.get("PIXPIPE_BENCH_DATABASE_URL")
     title = f"catalogue of {args.images:,} images on {'PostgreSQL' if server else 'SQLite'}"
+    if args.tracing != "off":
+        title += f", tracing to {args.tracing}"
 
     def run(data_dir: Path) -> None:
         settings, environment = bench_settings(data_dir)
@@ -271,9 +292,17 @@ def main(argv: list[str] | None = None) -> int:
             if server:
                 database = cleanup.enter_context(fresh_database(server))
                 environment["PIXPIPE_DATABASE_URL"] = database
-                settings = settings.model_copy(update={"database_url": database})
+                settings = settings.updated(database_url=database)
             origin = cleanup.enter_context(serving([]))
+            exported: list[int] = []
+            environment["PIXPIPE_TRACING"] = args.tracing  # off even if the shell says otherwise
+            if args.tracing == "otlp":
+                environment["OTEL_EXPORTER_OTLP_ENDPOINT"], exported = cleanup.enter_context(
+                    otlp_sink())
             measure(settings, environment, data_dir / "logs", origin, args.images, report)
+            if args.tracing == "otlp":
+                report.add(Figure("spans exported", sum(exported) / 1e6, "MB",
+                                  baseline=f"{len(exported)} batches"))
         report.print(title)
 
     return run_benchmark("pixpipe-catalogue-", run, keep=args.keep)

@@ -121,9 +121,9 @@ def stage(stages: list[tuple[str, float, float]], name: str) -> Iterator[None]:
 async def time_stages(settings: Settings, data: bytes) -> list[tuple[str, float, float]]:
     """(stage, wall seconds, CPU seconds of this process) for one upload done by hand."""
     stages: list[tuple[str, float, float]] = []
-    engine = create_engine(settings.resolved_database_url)
+    engine = create_engine(settings.storage.resolved_database_url)
     repository = Repository(session_factory(engine))
-    bus = await Bus.connect(settings, name="bench-ingest")
+    bus = await Bus.connect(settings.nats, name="bench-ingest")
     try:
         await repository.get_request(str(uuid.UUID(int=0)))  # open the connection pool
         with stage(stages, "parse and check the CSV"):
@@ -139,7 +139,7 @@ async def time_stages(settings: Settings, data: bytes) -> list[tuple[str, float,
         await bus.close()
         repository.close()
         await engine.dispose()
-    await purge_jobs(settings.nats_url or "")
+    await purge_jobs(settings.nats.url or "")
     return stages
 
 
@@ -148,8 +148,8 @@ def measure(settings: Settings, environment: dict[str, str], log_dir: Path,
     stack = Stack(settings=settings, workers=0, log_dir=log_dir, environment=environment)
     stack.start()
     ingest = stack.processes["ingest"].pid
-    live = settings.model_copy(update={"nats_url": stack.nats_url,
-                                       "database_url": settings.resolved_database_url})
+    live = settings.updated(nats_url=stack.nats_url,
+                            database_url=settings.storage.resolved_database_url)
     data = catalogue_csv(args.images)
     try:
         if args.stages:
@@ -164,7 +164,7 @@ def measure(settings: Settings, environment: dict[str, str], log_dir: Path,
         rates: dict[str, list[float]] = {"gRPC": [], "REST": []}
         cpus: dict[str, list[float]] = {"gRPC": [], "REST": []}
         gateway = stack.gateway_url
-        channel = grpc.insecure_channel(f"127.0.0.1:{settings.ingest_port}")
+        channel = grpc.insecure_channel(f"127.0.0.1:{settings.network.ingest_port}")
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         console.print(f"{args.images:,} images, {len(data) / 1e6:.1f} MB; {database}; "
                       f"{os.cpu_count()} cores")
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             if server:
                 database = cleanup.enter_context(fresh_database(server))
                 environment["PIXPIPE_DATABASE_URL"] = database
-                settings = settings.model_copy(update={"database_url": database})
+                settings = settings.updated(database_url=database)
             measure(settings, environment, data_dir / "logs", args,
                     "PostgreSQL" if server else "SQLite")
 

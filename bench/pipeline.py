@@ -34,7 +34,7 @@ from pixpipe.codec import TransformOptions, TransformResult, transform_image
 from pixpipe.dev.embedded_nats import free_port
 from pixpipe.dev.stack import Stack
 from pixpipe.errors import DecodeError
-from pixpipe.settings import Settings
+from pixpipe.settings import EncodingSettings, NetworkSettings, Settings
 from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc, status_pb2, status_pb2_grpc
 
 TARGET_RATIO = 0.7
@@ -102,10 +102,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # --- raw Pillow -----------------------------------------------------------------------------
 
-def transform_options(settings: Settings) -> TransformOptions:
+def transform_options(encoding: EncodingSettings) -> TransformOptions:
     """What a worker passes to the codec for an upload without options."""
-    return TransformOptions(quality=settings.default_quality, format=settings.default_format,
-                            max_pixels=settings.max_image_pixels)
+    return TransformOptions(quality=encoding.default_quality, format=encoding.default_format,
+                            max_pixels=encoding.max_image_pixels)
 
 
 class RawPillow:
@@ -169,7 +169,7 @@ def bench_settings(data_dir: Path) -> tuple[Settings, dict[str, str]]:
         "PIXPIPE_REUSE_OUTPUTS": "false",
     }
     # Other PIXPIPE_* variables in the environment still apply, as they do for `make run`.
-    settings = Settings(**{key.removeprefix("PIXPIPE_").lower(): value  # type: ignore[arg-type]
+    settings = Settings(**{key.removeprefix("PIXPIPE_").lower(): value
                            for key, value in overrides.items()})
     return settings, overrides
 
@@ -177,11 +177,11 @@ def bench_settings(data_dir: Path) -> tuple[Settings, dict[str, str]]:
 class StackClient:
     """The gRPC calls a user makes: upload a CSV, poll its status."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, network: NetworkSettings) -> None:
         wildcard = ("0.0.0.0", "::")  # noqa: S104  (compared with, never bound to)
-        host = "127.0.0.1" if settings.bind_host in wildcard else settings.bind_host
-        self._ingest = grpc.insecure_channel(f"{host}:{settings.ingest_port}")
-        self._status = grpc.insecure_channel(f"{host}:{settings.status_port}")
+        host = "127.0.0.1" if network.bind_host in wildcard else network.bind_host
+        self._ingest = grpc.insecure_channel(f"{host}:{network.ingest_port}")
+        self._status = grpc.insecure_channel(f"{host}:{network.status_port}")
         self.ingest = ingest_pb2_grpc.IngestServiceStub(self._ingest)
         self.status = status_pb2_grpc.StatusServiceStub(self._status)
 
@@ -284,7 +284,7 @@ def measure(settings: Settings, environment: dict[str, str], log_dir: Path, base
     stack = profiled or Stack(settings=settings, workers=args.workers, log_dir=log_dir,
                               environment=environment)
     stack.start()
-    client = StackClient(settings)
+    client = StackClient(settings.network)
     try:
         if args.warmup:
             run_request(client, stack, products_csv(base_url, photos, args.warmup),
@@ -302,7 +302,7 @@ def measure(settings: Settings, environment: dict[str, str], log_dir: Path, base
                           f"end to end {runs[-1].rate.per_second:.1f} images/s")
         if profiled:
             print_stages(console, profiled.collect(), sum(run.rate.seconds for run in runs),
-                         capacity=args.workers * settings.worker_concurrency)
+                         capacity=args.workers * settings.jobs.worker_concurrency)
         return raw, runs
     finally:
         client.close()
@@ -366,8 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         settings, environment = bench_settings(data_dir)
         console.print(f"{args.images} images cycling over {len(photos)} photos; "
                       f"{processes} cores; data in {data_dir}")
-        raw_pillow = RawPillow([photo.data for photo in images], transform_options(settings),
-                               processes)
+        raw_pillow = RawPillow([photo.data for photo in images],
+                               transform_options(settings.encoding), processes)
         try:
             with serving(photos) as base_url:
                 raw, runs = measure(settings, environment, data_dir / "logs", base_url,

@@ -169,7 +169,7 @@ def start_mode(label: str, reuse: bool, root: Path, workers: int) -> Mode:
                   environment=environment)
     mode = Mode(label, reuse, settings, stack)
     stack.start()
-    mode.client = StackClient(settings)
+    mode.client = StackClient(settings.network)
     return mode
 
 
@@ -203,7 +203,7 @@ def run_catalogue(mode: Mode, csv_bytes: bytes, count: int) -> Run:
                          f"{'; '.join(errors[:5])}")
     # From the upload call to the completion the database records (host clock both sides).
     seconds = full.completed_at.ToNanoseconds() / 1e9 - started_wall
-    images_dir = mode.settings.images_dir
+    images_dir = mode.settings.storage.images_dir
     outputs = {}
     for image in full.images:
         relative = image.output_url.split("/processed_images/", 1)[1]

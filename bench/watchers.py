@@ -120,13 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         stack = Stack(settings=settings, log_dir=Path(tmp) / "logs",
                       environment=environment)
         stack.start()
-        client = StackClient(settings)
+        client = StackClient(settings.network)
         try:
             if args.warmup:
                 run_request(client, stack, products_csv(base_url, photos, args.warmup),
                             args.warmup, "warm-up")
             delays, fewest = measure(
-                client, f"127.0.0.1:{settings.status_port}",
+                client, f"127.0.0.1:{settings.network.status_port}",
                 products_csv(base_url, photos, args.images), args.watchers,
                 args.client_processes)
         finally:

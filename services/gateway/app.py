@@ -19,7 +19,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import pixpipe
 from pixpipe.client import PixpipeClient, ServerAddresses
-from pixpipe.settings import Settings
+from pixpipe.settings import NetworkSettings, Settings
 from pixpipe_services.gateway.dependencies import GatewayLimits
 from pixpipe_services.gateway.errors import (
     GRPC_CODE_FOR_HTTP,
@@ -38,14 +38,14 @@ LOOPBACK_BIND_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 LOOPBACK_HOST_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
 
-def allowed_hosts(settings: Settings) -> list[str] | None:
+def allowed_hosts(network: NetworkSettings) -> list[str] | None:
     """The Host header values the gateway answers; None for any."""
-    if settings.allowed_hosts:
-        return list(settings.allowed_hosts)
-    if settings.bind_host not in LOOPBACK_BIND_HOSTS:
+    if network.allowed_hosts:
+        return list(network.allowed_hosts)
+    if network.bind_host not in LOOPBACK_BIND_HOSTS:
         return None
     hosts = list(LOOPBACK_HOST_NAMES)
-    public = urlsplit(settings.public_base_url).hostname
+    public = urlsplit(network.public_base_url).hostname
     if public:
         hosts.append(f"[{public}]" if ":" in public else public)
     return hosts
@@ -54,9 +54,9 @@ def allowed_hosts(settings: Settings) -> list[str] | None:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    addresses = ServerAddresses(ingest=settings.resolved_ingest_address,
-                                status=settings.resolved_status_address)
-    async with PixpipeClient(addresses, api_token=settings.api_token) as clients:
+    addresses = ServerAddresses(ingest=settings.network.resolved_ingest_address,
+                                status=settings.network.resolved_status_address)
+    async with PixpipeClient(addresses, api_token=settings.auth.api_token) as clients:
         app.state.clients = clients
         try:
             yield
@@ -83,7 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(requests.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
-    mount_processed_images(app, settings)
+    mount_processed_images(app, settings.storage, api_keys=settings.auth.api_keys)
 
     @app.middleware("http")
     async def count_requests(request: Request,
@@ -94,7 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
                              str(response.status_code)).inc()
         return response
 
-    hosts = allowed_hosts(settings)
+    hosts = allowed_hosts(settings.network)
     if hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
 

@@ -53,7 +53,7 @@ def get_clients(request: Request, settings: AppSettings,
     if clients is None:
         raise RuntimeError("the gateway is not started: its lifespan has not run")
     metadata = clients.metadata
-    if settings.api_keys and credentials is not None:
+    if settings.auth.api_keys and credentials is not None:
         metadata = (("authorization", f"Bearer {credentials.credentials}"),)
     return CallerClients(ingest=clients.ingest, status=clients.status, metadata=metadata)
 
@@ -66,11 +66,11 @@ async def require_api_token(settings: AppSettings, credentials: Credentials) -> 
     With API keys, a bearer token must be there: the services judge it (a key, or that
     token), and answer UNAUTHENTICATED (401) for one that stands for no one."""
     supplied = credentials.credentials if credentials is not None else ""
-    if settings.api_keys:
+    auth = settings.auth
+    if auth.api_keys:
         if supplied:
             return
-    elif not settings.api_token or hmac.compare_digest(supplied.encode(),
-                                                       settings.api_token.encode()):
+    elif not auth.api_token or hmac.compare_digest(supplied.encode(), auth.api_token.encode()):
         return
     raise HTTPException(401, "missing or wrong API token",
                         headers={"WWW-Authenticate": "Bearer"})
@@ -114,7 +114,7 @@ def _too_many(what: str, retry_after: int) -> HTTPException:
 async def upload_slot(request: Request, settings: AppSettings) -> AsyncIterator[None]:
     """Holds one of the gateway's upload slots until the answer is sent."""
     slots: Slots = request.app.state.limits.uploads
-    if not slots.take("uploads", settings.gateway_max_concurrent_uploads):
+    if not slots.take("uploads", settings.limits.gateway_max_concurrent_uploads):
         raise _too_many("uploads", UPLOAD_RETRY_SECONDS)
     try:
         yield
@@ -132,9 +132,10 @@ async def event_stream_slot(request_id: RequestId, request: Request,
     limits: GatewayLimits = request.app.state.limits
     client = client_address(request)
     if not limits.streams_by_request.take(request_id.lower(),
-                                          settings.gateway_max_streams_per_request):
+                                          settings.limits.gateway_max_streams_per_request):
         raise _too_many("event streams for this request", STREAM_RETRY_SECONDS)
-    if not limits.streams_by_client.take(client, settings.gateway_max_streams_per_client):
+    if not limits.streams_by_client.take(client,
+                                         settings.limits.gateway_max_streams_per_client):
         limits.streams_by_request.give_back(request_id.lower())
         raise _too_many("event streams from this client", STREAM_RETRY_SECONDS)
     try:

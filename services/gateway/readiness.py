@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pixpipe.database_health import DATABASE_HEALTH_SERVICE
-from pixpipe.settings import Settings
+from pixpipe.settings import NetworkSettings
 from pixpipe.v1 import ingest_pb2, status_pb2
 
 CHECK_TIMEOUT_SECONDS = 2.0
@@ -38,7 +38,7 @@ class Readiness:
                 "checks": self.checks}
 
 
-async def check_readiness(settings: Settings) -> Readiness:
+async def check_readiness(network: NetworkSettings) -> Readiness:
     """Ask the ingest and status services whether they serve, and the database whether it answers.
 
     The services report SERVING only once they are connected to JetStream (they connect
@@ -46,8 +46,8 @@ async def check_readiness(settings: Settings) -> Readiness:
     also reports the database it shares with ingest (``pixpipe.database``), checked every few
     seconds, so no API token is needed to ask.
     """
-    async with grpc.aio.insecure_channel(settings.resolved_ingest_address) as ingest, \
-            grpc.aio.insecure_channel(settings.resolved_status_address) as status:
+    async with grpc.aio.insecure_channel(network.resolved_ingest_address) as ingest, \
+            grpc.aio.insecure_channel(network.resolved_status_address) as status:
         ingest_serving, status_serving = await asyncio.gather(
             _outcome(_serving(ingest, INGEST_SERVICE)), _outcome(_serving(status, STATUS_SERVICE)))
         database = (await _outcome(_serving(status, DATABASE_HEALTH_SERVICE))

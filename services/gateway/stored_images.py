@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from pixpipe.object_storage import S3Store, StorageUnavailable, StoredObjectMissing
-from pixpipe.settings import Settings
+from pixpipe.settings import StorageSettings
 from pixpipe.status_messages import PROCESSED_IMAGES_ROUTE
 from pixpipe.storage import s3_store_from_settings
 from pixpipe.v1 import status_pb2
@@ -30,17 +30,18 @@ _OUTPUT_PATH = re.compile(r"[0-9a-fA-F-]{32,36}/[0-9a-fA-F-]{32,36}\.[a-z0-9]{2,
 _REDIRECT_MAX_AGE_SECONDS = 60
 
 
-def mount_processed_images(app: FastAPI, settings: Settings) -> None:
-    store = s3_store_from_settings(settings)
-    if store is None and not settings.api_keys:
-        settings.images_dir.mkdir(parents=True, exist_ok=True)
-        app.mount(PROCESSED_IMAGES_ROUTE, StaticFiles(directory=settings.images_dir),
+def mount_processed_images(app: FastAPI, storage: StorageSettings, *, api_keys: bool) -> None:
+    store = s3_store_from_settings(storage)
+    if store is None and not api_keys:
+        storage.images_dir.mkdir(parents=True, exist_ok=True)
+        app.mount(PROCESSED_IMAGES_ROUTE, StaticFiles(directory=storage.images_dir),
                   name="processed_images")
         return
-    app.include_router(processed_images_router(settings, store))
+    app.include_router(processed_images_router(storage, store, api_keys=api_keys))
 
 
-def processed_images_router(settings: Settings, store: S3Store | None) -> APIRouter:
+def processed_images_router(storage: StorageSettings, store: S3Store | None, *,
+                            api_keys: bool) -> APIRouter:
     """The route when it needs code: objects in a bucket, or files that only the key that
     uploaded their request may read (PIXPIPE_API_KEYS)."""
     router = APIRouter(include_in_schema=False)
@@ -51,16 +52,16 @@ def processed_images_router(settings: Settings, store: S3Store | None) -> APIRou
                               credentials: Credentials) -> Response:
         if not _OUTPUT_PATH.fullmatch(path):
             return not_found
-        if settings.api_keys:
+        if api_keys:
             refusal = await _refusal_unless_owned(clients, credentials, path.split("/")[0])
             if refusal is not None:
                 return refusal
         if store is None:
-            file = settings.images_dir / path
+            file = storage.images_dir / path
             return FileResponse(file) if file.is_file() else not_found
-        if settings.s3_serve == "redirect":
-            url = store.presigned_url(path, expires_seconds=settings.s3_presign_seconds,
-                                      endpoint_url=settings.s3_public_endpoint_url)
+        if storage.s3_serve == "redirect":
+            url = store.presigned_url(path, expires_seconds=storage.s3_presign_seconds,
+                                      endpoint_url=storage.s3_public_endpoint_url)
             return RedirectResponse(url, status_code=307, headers={
                 "Cache-Control": f"private, max-age={_REDIRECT_MAX_AGE_SECONDS}"})
         try:

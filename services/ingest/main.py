@@ -20,24 +20,26 @@ log = logging.getLogger(__name__)
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    engine = engine_from_settings(settings)
+    engine = engine_from_settings(settings.storage)
     repository = Repository(session_factory(engine))
-    bus = await Bus.connect(settings, name="pixpipe-ingest")
+    bus = await Bus.connect(settings.nats, name="pixpipe-ingest")
     metrics = IngestMetrics()
-    serve_metrics(metrics.registry, settings.bind_host, settings.metrics_port)
-    authenticator = authenticator_for(settings, engine)
-    server = GrpcServer(host=settings.bind_host, port=settings.ingest_port,
+    network = settings.network
+    serve_metrics(metrics.registry, network.bind_host, settings.observability.metrics_port)
+    authenticator = authenticator_for(settings.auth, engine)
+    server = GrpcServer(host=network.bind_host, port=network.ingest_port,
                         authenticator=authenticator)
-    server.add(ingest_pb2_grpc.add_IngestServiceServicer_to_server,
-               IngestServicer(settings, repository, bus, metrics, authenticator=authenticator),
+    servicer = IngestServicer(settings.limits, repository, bus, metrics, jobs=settings.jobs,
+                              fetch=settings.fetch, authenticator=authenticator)
+    server.add(ingest_pb2_grpc.add_IngestServiceServicer_to_server, servicer,
                ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name)
     await server.start()
-    log.info("ingest listening on %s:%d", settings.bind_host, server.port)
+    log.info("ingest listening on %s:%d", network.bind_host, server.port)
     try:
         await stop.wait()
     finally:
-        await server.stop(settings.shutdown_grace_seconds,
-                          drain_seconds=settings.grpc_drain_seconds)
+        await server.stop(settings.lifecycle.shutdown_grace_seconds,
+                          drain_seconds=settings.lifecycle.grpc_drain_seconds)
         await bus.close()
         repository.close()
         await engine.dispose()

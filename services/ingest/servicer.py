@@ -11,11 +11,12 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from pydantic import ValidationError
 
+from pixpipe import tracing
 from pixpipe.auth import Authenticator, Caller
 from pixpipe.bus import Bus
 from pixpipe.call_limits import CallSlots, abort_exhausted
@@ -28,9 +29,12 @@ from pixpipe.grpc_errors import abort_with_status, status_for_csv_error, status_
 from pixpipe.job_batch import JobBatch
 from pixpipe.metrics import IngestMetrics
 from pixpipe.net_policy import check_webhook_url
-from pixpipe.settings import Settings
+from pixpipe.settings import FetchSettings, JobSettings, LimitSettings
 from pixpipe.status_messages import options_from_proto
 from pixpipe.v1 import ingest_pb2, ingest_pb2_grpc
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -47,28 +51,42 @@ _KEY_REQUESTS_RETRY_SECONDS = 30
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    def __init__(self, settings: Settings, repository: Repository, bus: Bus,
-                 metrics: IngestMetrics | None = None, *,
-                 authenticator: Authenticator | None = None) -> None:
+    def __init__(self, limits: LimitSettings, repository: Repository, bus: Bus,
+                 metrics: IngestMetrics | None = None, *, jobs: JobSettings,
+                 fetch: FetchSettings, authenticator: Authenticator | None = None) -> None:
         self._metrics = metrics or IngestMetrics()
         self._auth = authenticator or Authenticator.open()
-        self._settings = settings
+        self._express_lane_max_images = jobs.express_lane_max_images
+        # A webhook goes out under the same address policy as the image downloads.
+        self._check_webhook_url = functools.partial(
+            check_webhook_url, max_length=limits.max_url_length,
+            allow_private=fetch.allow_private_networks)
         self._repository = repository
         self._bus = bus
         self._unfinished: set[asyncio.Future[tuple[str, JobBatch]]] = set()
         # An upload holds its slot from its first message until its request is recorded and
         # queued, even when its client has hung up by then.
-        self._upload_slots = CallSlots(settings.ingest_max_concurrent_uploads)
+        self._upload_slots = CallSlots(limits.ingest_max_concurrent_uploads)
         self._limits = CsvLimits(
-            max_bytes=settings.max_upload_bytes, max_images=settings.max_images_per_request,
-            max_url_length=settings.max_url_length, max_columns=settings.max_csv_columns,
-            max_urls_per_product=settings.max_urls_per_product)
+            max_bytes=limits.max_upload_bytes, max_images=limits.max_images_per_request,
+            max_url_length=limits.max_url_length, max_columns=limits.max_csv_columns,
+            max_urls_per_product=limits.max_urls_per_product)
 
     @property
     def uploads_in_progress(self) -> int:
         return self._upload_slots.held()
 
     async def Upload(
+        self,
+        request_iterator: AsyncIterator[ingest_pb2.UploadRequest],
+        context: grpc.aio.ServicerContext[ingest_pb2.UploadRequest, ingest_pb2.UploadResponse],
+    ) -> ingest_pb2.UploadResponse:
+        # The request's trace starts here, or goes on from a caller that sent its traceparent.
+        with tracing.span("pixpipe.v1.IngestService/Upload", kind="server",
+                          parent=_caller_trace(context)):
+            return await self._upload_in_slot(request_iterator, context)
+
+    async def _upload_in_slot(
         self,
         request_iterator: AsyncIterator[ingest_pb2.UploadRequest],
         context: grpc.aio.ServicerContext[ingest_pb2.UploadRequest, ingest_pb2.UploadResponse],
@@ -104,7 +122,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         try:
             metadata, parsed = await self._receive(request_iterator)
             options = _options(metadata)
-            webhook_url = _webhook_url(metadata, self._settings)
+            webhook_url = _webhook_url(metadata, self._check_webhook_url)
         except CsvValidationError as error:
             self._metrics.uploads.labels("refused").inc()
             await abort_with_status(context, status_for_csv_error(error))
@@ -112,6 +130,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             self._metrics.uploads.labels("refused").inc()
             await abort_with_status(context, status_for_option_error(error))
 
+        tracing.annotate({"pixpipe.image_count": parsed.image_count})
         await self._check_key_limits(caller, parsed.image_count, context)
         # Once the upload is in, a client that hangs up must not leave it half recorded or
         # half queued: the work goes on without it.
@@ -128,6 +147,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                        else "the database is unavailable")
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"{message}; the request was not queued, try again")
+        tracing.annotate({"pixpipe.request_id": request_id})
         self._metrics.uploads.labels("accepted").inc()
         self._metrics.images_queued.inc(len(jobs))
         log.info("accepted request %s: %d products, %d images", request_id,
@@ -168,11 +188,13 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                                 api_key_id: str | None = None) -> tuple[str, JobBatch]:
         """Record the request and queue its jobs, each part of the images queued once
         committed while the next is written; fail it if that stopped part way."""
+        # Every job carries the upload's trace context, made into headers once for them all.
+        publish = functools.partial(self._bus.publish_jobs, headers=tracing.trace_headers())
         try:
             return await self._repository.create_request(
                 parsed, options=options, webhook_url=webhook_url, file_name=file_name,
-                committed=self._bus.publish_jobs, api_key_id=api_key_id,
-                express=parsed.image_count <= self._settings.express_lane_max_images)
+                committed=publish, api_key_id=api_key_id,
+                express=parsed.image_count <= self._express_lane_max_images)
         except RequestNotQueued as error:
             log.error("request %s was not wholly %s; failing its images", error.request_id,
                       "queued" if error.queueing_failed else "recorded", exc_info=error.__cause__)
@@ -298,6 +320,13 @@ class _ChunkFeed:
             self._loop.call_soon_threadsafe(self._room.set)
 
 
+def _caller_trace(context: grpc.aio.ServicerContext[Any, Any]) -> Context | None:
+    if not tracing.enabled():
+        return None
+    return tracing.extract({key: value for key, value in context.invocation_metadata() or ()
+                            if isinstance(value, str)})
+
+
 def _options(metadata: ingest_pb2.UploadMetadata) -> RequestOptions:
     try:
         return options_from_proto(metadata.options)
@@ -307,13 +336,13 @@ def _options(metadata: ingest_pb2.UploadMetadata) -> RequestOptions:
         raise InvalidOptionError(field, first["msg"]) from None
 
 
-def _webhook_url(metadata: ingest_pb2.UploadMetadata, settings: Settings) -> str | None:
+def _webhook_url(metadata: ingest_pb2.UploadMetadata,
+                 check: Callable[[str], object]) -> str | None:
     url = metadata.webhook_url.strip()
     if not url:
         return None
     try:
-        check_webhook_url(url, max_length=settings.max_url_length,
-                          allow_private=settings.allow_private_networks)
+        check(url)
     except ValueError as error:
         raise InvalidOptionError("webhook_url", str(error)) from None
     return url

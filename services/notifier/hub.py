@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from pixpipe import tracing
 from pixpipe.bus import COMPLETIONS_SUBJECT, Bus, events_subject
 from pixpipe.v1 import status_pb2
 
@@ -65,7 +66,7 @@ class EventHub:
     """
 
     def __init__(self, bus: Bus, *, queue_size: int = 10_000,
-                 on_completion: Callable[[], None] | None = None) -> None:
+                 on_completion: Callable[[str], None] | None = None) -> None:
         self._bus = bus
         self._on_completion = on_completion
         self._queue_size = queue_size
@@ -154,10 +155,14 @@ class EventHub:
             if subscription is not None:
                 await subscription.unsubscribe()
 
-    async def _completion_noticed(self, _notice: Msg) -> None:
+    async def _completion_noticed(self, notice: Msg) -> None:
         self.completions_noticed += 1
-        if self._on_completion is not None:
-            self._on_completion()
+        request_id = notice.data.decode(errors="replace")
+        # In the trace of the job that finished the request, which the notice carries.
+        with tracing.span("request completed", kind="consumer", headers=notice.headers,
+                          attributes={"pixpipe.request_id": request_id}):
+            if self._on_completion is not None:
+                self._on_completion(request_id)
 
     async def _dispatch(self, feed: _Feed, message: Msg) -> None:
         self.events_received += 1

@@ -19,7 +19,7 @@ from pixpipe.db.repository import Repository
 from pixpipe.domain import TERMINAL_REQUEST_STATES
 from pixpipe.events import EventPublisher
 from pixpipe.runtime import sleep_unless_stopped
-from pixpipe.settings import Settings
+from pixpipe.settings import JobSettings
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +27,11 @@ LOST_JOB_REASON = "its job was lost before a result was recorded"
 SWEEP_INTERVAL_SECONDS = 30.0
 
 
-def job_lifetime(settings: Settings) -> timedelta:
+def job_lifetime(jobs: JobSettings, *, fetch_timeout_seconds: float) -> timedelta:
     """Longer than one delivery can stay silent: the ack wait, a whole download, the codec's
     work and the longest retry delay, with a minute to spare."""
-    longest_delay = max(settings.job_retry_backoff_seconds, default=0.0)
-    return timedelta(seconds=settings.job_ack_wait_seconds + settings.fetch_timeout_seconds
+    longest_delay = max(jobs.retry_backoff_seconds, default=0.0)
+    return timedelta(seconds=jobs.ack_wait_seconds + fetch_timeout_seconds
                      + longest_delay + 60.0)
 
 
@@ -56,9 +56,8 @@ async def sweep_lost_jobs_once(bus: Bus, repository: Repository, publisher: Even
 
 
 async def keep_sweeping_lost_jobs(bus: Bus, repository: Repository, publisher: EventPublisher,
-                                  settings: Settings, stop: asyncio.Event, *,
+                                  lifetime: timedelta, stop: asyncio.Event, *,
                                   interval: float = SWEEP_INTERVAL_SECONDS) -> None:
-    lifetime = job_lifetime(settings)
     while not stop.is_set():
         try:
             await sweep_lost_jobs_once(bus, repository, publisher, lifetime=lifetime)

@@ -22,7 +22,7 @@ from pixpipe.settings import Settings
 from pixpipe.v1 import status_pb2
 from pixpipe_services.notifier.gauges import keep_gauges_current
 from pixpipe_services.notifier.hub import EventHub
-from pixpipe_services.notifier.lost_jobs import keep_sweeping_lost_jobs
+from pixpipe_services.notifier.lost_jobs import job_lifetime, keep_sweeping_lost_jobs
 from pixpipe_services.notifier.servicer import StatusServicer, WatchCaps, add_status_service
 from pixpipe_services.notifier.webhooks import WebhookDispatcher, WebhookSender
 
@@ -37,22 +37,23 @@ class Notifier:
     """The status service, the event hub behind its watchers and the webhook dispatcher."""
 
     def __init__(self, settings: Settings) -> None:
-        if not settings.webhook_secret:
+        if not settings.webhooks.secret:
             raise MissingWebhookSecret(
                 "PIXPIPE_WEBHOOK_SECRET is not set: the notifier signs every webhook with it. "
                 "Set it to a secret of your own (whsec_ and base64 of 32 random bytes, e.g. "
                 "python -c 'from pixpipe.dev.webhook_secret import new_webhook_secret; "
                 "print(new_webhook_secret())'); `make run` generates one per install.")
         self.settings = settings
-        self._engine = engine_from_settings(settings)
+        self._engine = engine_from_settings(settings.storage)
         sessions = session_factory(self._engine)
         self.repository = Repository(sessions)
         self.webhooks = WebhookRepository(sessions)
-        self._sender = WebhookSender(settings)
+        self._sender = WebhookSender(settings.webhooks, settings.fetch)
         self.metrics = NotifierMetrics()
         self.dispatcher = WebhookDispatcher(
-            settings, self.repository, self.webhooks, self._sender, self.metrics,
-            keys=ApiKeyStore(self._engine) if settings.api_keys else None)
+            settings.webhooks, self.repository, self.webhooks, self._sender, self.metrics,
+            public_base_url=settings.network.public_base_url,
+            keys=ApiKeyStore(self._engine) if settings.auth.api_keys else None)
         self._gauges: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._lost_jobs: asyncio.Task[None] | None = None
@@ -72,41 +73,47 @@ class Notifier:
 
     async def start(self) -> None:
         settings = self.settings
-        self._bus = await Bus.connect(settings, name="pixpipe-notifier")
+        self._bus = await Bus.connect(settings.nats, name="pixpipe-notifier")
         self.hub = EventHub(self._bus, on_completion=self.dispatcher.wake)
         await self.hub.start()
         self._deliveries = asyncio.create_task(self.dispatcher.run(self._stop))
         self._gauges = asyncio.create_task(keep_gauges_current(
             self.metrics, self._bus, self.webhooks, self.hub, self._stop))
+        network = settings.network
         publisher = EventPublisher(self._bus, self.repository,
-                                   public_base_url=settings.public_base_url)
+                                   public_base_url=network.public_base_url)
         self._sweeper = asyncio.create_task(republish_completions(
             publisher, self.repository, self._stop))
+        lifetime = job_lifetime(settings.jobs,
+                                fetch_timeout_seconds=settings.fetch.timeout_seconds)
         self._lost_jobs = asyncio.create_task(keep_sweeping_lost_jobs(
-            self._bus, self.repository, publisher, settings, self._stop))
-        if settings.retention_days is not None:
+            self._bus, self.repository, publisher, lifetime, self._stop))
+        if settings.storage.retention_days is not None:
             self._retention = asyncio.create_task(
-                keep_purging(settings, self._engine, self._stop))
-        serve_metrics(self.metrics.registry, settings.bind_host, settings.metrics_port)
-        authenticator = authenticator_for(settings, self._engine)
-        self.server = GrpcServer(host=settings.bind_host, port=settings.status_port,
+                keep_purging(settings.storage, self._engine, self._stop))
+        serve_metrics(self.metrics.registry, network.bind_host,
+                      settings.observability.metrics_port)
+        authenticator = authenticator_for(settings.auth, self._engine)
+        self.server = GrpcServer(host=network.bind_host, port=network.status_port,
                                  authenticator=authenticator)
         self.status = StatusServicer(self.repository, self.hub,
-                                     public_base_url=settings.public_base_url,
+                                     public_base_url=network.public_base_url,
                                      authenticator=authenticator,
-                                     resync_seconds=settings.watch_resync_seconds,
-                                     watch_caps=WatchCaps.from_settings(settings))
+                                     resync_seconds=settings.watch.resync_seconds,
+                                     watch_caps=WatchCaps.from_settings(settings.watch,
+                                                                        settings.auth))
         self.server.add(add_status_service, self.status,
                         status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name)
         await self.server.start()
         self._database_health = asyncio.create_task(report_database_health(
             self.server.health, self._engine, self._stop))
-        log.info("status service listening on %s:%d", settings.bind_host, self.server.port)
+        log.info("status service listening on %s:%d", network.bind_host, self.server.port)
 
     async def stop(self, grace: float = 5.0) -> None:
         self._stop.set()
         if self.server is not None:
-            await self.server.stop(grace, drain_seconds=self.settings.grpc_drain_seconds)
+            await self.server.stop(
+                grace, drain_seconds=self.settings.lifecycle.grpc_drain_seconds)
         if self._deliveries is not None:
             await self._deliveries
         if self._gauges is not None:
@@ -134,13 +141,13 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     try:
         await stop.wait()
     finally:
-        await notifier.stop(settings.shutdown_grace_seconds)
+        await notifier.stop(settings.lifecycle.shutdown_grace_seconds)
 
 
 def main() -> None:
     settings = Settings()
     start_service_process(settings, "notifier")
-    if not settings.webhook_secret:
+    if not settings.webhooks.secret:
         print(f"pixpipe notifier cannot start: {MissingWebhookSecret.__doc__} "
               "Set PIXPIPE_WEBHOOK_SECRET (`make run` generates one per install).",
               file=sys.stderr)

@@ -23,7 +23,7 @@ from pixpipe.paging import (
     encode_page_token,
     page_size,
 )
-from pixpipe.settings import Settings
+from pixpipe.settings import AuthSettings, WatchSettings
 from pixpipe.status_messages import (
     IMAGE_STATES_FROM_PROTO,
     completion_event,
@@ -53,10 +53,9 @@ class WatchCaps:
     clients_by_token: bool = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> WatchCaps:
-        return cls(per_request=settings.watch_max_per_request,
-                   per_client=settings.watch_max_per_client,
-                   clients_by_token=bool(settings.api_token or settings.api_keys))
+    def from_settings(cls, watch: WatchSettings, auth: AuthSettings) -> WatchCaps:
+        return cls(per_request=watch.max_per_request, per_client=watch.max_per_client,
+                   clients_by_token=bool(auth.api_token or auth.api_keys))
 
 
 def is_valid_request_id(request_id: str) -> bool:

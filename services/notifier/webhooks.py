@@ -14,6 +14,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
+from pixpipe import tracing
 from pixpipe.db.api_keys import ApiKeyStore
 from pixpipe.db.repository import Repository
 from pixpipe.db.webhooks import AttemptResult, LeasedDelivery, WebhookRepository
@@ -21,7 +22,7 @@ from pixpipe.metrics import NotifierMetrics
 from pixpipe.net_policy import AddressNotAllowed
 from pixpipe.retry import retry_delay
 from pixpipe.safe_transport import guarded_transport
-from pixpipe.settings import Settings
+from pixpipe.settings import FetchSettings, WebhookSettings
 from pixpipe.webhook_signature import signed_headers
 from pixpipe_services.notifier.webhook_body import webhook_body
 
@@ -51,16 +52,16 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 class WebhookSender:
     """One pooled client whose connections obey the same network policy as image fetches."""
 
-    def __init__(self, settings: Settings) -> None:
-        if not settings.webhook_secret:
+    def __init__(self, webhooks: WebhookSettings, fetch: FetchSettings) -> None:
+        if not webhooks.secret:
             raise ValueError("webhooks cannot be signed without PIXPIPE_WEBHOOK_SECRET")
-        self._secret = settings.webhook_secret
+        self._secret = webhooks.secret
         self._client = httpx.AsyncClient(
-            transport=guarded_transport(allow_private=settings.allow_private_networks),
-            timeout=httpx.Timeout(settings.webhook_timeout_seconds),
+            transport=guarded_transport(allow_private=fetch.allow_private_networks),
+            timeout=httpx.Timeout(webhooks.timeout_seconds),
             follow_redirects=False, trust_env=False,
-            headers={"User-Agent": settings.user_agent})
-        self._timeout = settings.webhook_timeout_seconds
+            headers={"User-Agent": fetch.user_agent})
+        self._timeout = webhooks.timeout_seconds
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -113,22 +114,28 @@ class WebhookSender:
 class WebhookDispatcher:
     """Finds due deliveries in the database and sends them; any number may run at once."""
 
-    def __init__(self, settings: Settings, repository: Repository,
+    def __init__(self, settings: WebhookSettings, repository: Repository,
                  webhooks: WebhookRepository, sender: WebhookSender,
-                 metrics: NotifierMetrics | None = None, *,
+                 metrics: NotifierMetrics | None = None, *, public_base_url: str,
                  keys: ApiKeyStore | None = None) -> None:
         self._metrics = metrics or NotifierMetrics()
         self._keys = keys
         self._settings = settings
+        self._public_base_url = public_base_url
         self._repository = repository
         self._webhooks = webhooks
         self._sender = sender
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._wake = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
+        # The trace of each request whose completion was noticed here, for its delivery.
+        self._traces = tracing.RecentContexts()
 
-    def wake(self) -> None:
-        """Look for due deliveries now (a request just finished) instead of at the next poll."""
+    def wake(self, request_id: str | None = None) -> None:
+        """Look for due deliveries now (``request_id`` just finished) instead of at the next
+        poll; that request's delivery goes on in the trace current here."""
+        if request_id is not None:
+            self._traces.note(request_id, tracing.current_context())
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -141,11 +148,11 @@ class WebhookDispatcher:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(_first_of(stop, self._wake),
-                                           timeout=self._settings.webhook_poll_seconds)
+                                           timeout=self._settings.poll_seconds)
         finally:
             if self._in_flight:
                 await asyncio.wait(self._in_flight.values(),
-                                   timeout=self._settings.webhook_timeout_seconds + 1)
+                                   timeout=self._settings.timeout_seconds + 1)
 
     async def _start_due(self) -> None:
         for delivery_id in await self._webhooks.due():
@@ -162,23 +169,31 @@ class WebhookDispatcher:
     async def _deliver(self, delivery_id: str) -> None:
         try:
             leased = await self._webhooks.lease(delivery_id, owner=self._owner,
-                                                seconds=self._settings.webhook_lease_seconds)
+                                                seconds=self._settings.lease_seconds)
             if leased is None:
                 return  # another notifier has it, or it is already settled
-            body = await self._payload(leased)
-            # A key's requests are signed with that key's own secret.
-            secret = (await self._keys.webhook_secret_of_request(leased.request_id)
-                      if self._keys is not None else None)
-            result, retry_after, retryable = await self._sender.post(
-                leased.url, leased.id, body, secret=secret)
-            retry_at = None
-            if not result.succeeded and retryable:
-                retry_at = self._retry_at(leased.attempts + 1, retry_after)
-            outcome = ("delivered" if result.succeeded else
-                       "retrying" if retry_at is not None else "gave up")
-            self._metrics.webhook_attempts.labels(outcome).inc()
-            recorded = await self._webhooks.record_attempt(
-                leased.id, owner=self._owner, result=result, retry_at=retry_at)
+            with tracing.span("webhook delivery", kind="client",
+                              parent=self._traces.get(leased.request_id),
+                              attributes={"pixpipe.request_id": leased.request_id,
+                                          "pixpipe.webhook.attempt": leased.attempts + 1},
+                              ) as span:
+                body = await self._payload(leased)
+                # A key's requests are signed with that key's own secret.
+                secret = (await self._keys.webhook_secret_of_request(leased.request_id)
+                          if self._keys is not None else None)
+                result, retry_after, retryable = await self._sender.post(
+                    leased.url, leased.id, body, secret=secret)
+                retry_at = None
+                if not result.succeeded and retryable:
+                    retry_at = self._retry_at(leased.attempts + 1, retry_after)
+                outcome = ("delivered" if result.succeeded else
+                           "retrying" if retry_at is not None else "gave up")
+                if span is not None:
+                    span.set_attributes({"pixpipe.outcome": outcome,
+                                         "http.response.status_code": result.status_code or 0})
+                self._metrics.webhook_attempts.labels(outcome).inc()
+                recorded = await self._webhooks.record_attempt(
+                    leased.id, owner=self._owner, result=result, retry_at=retry_at)
             log.info("webhook %s attempt %d: %s%s", leased.id, leased.attempts + 1,
                      result.status_code or result.error,
                      "" if recorded else " (lease lost; not recorded)")
@@ -186,7 +201,7 @@ class WebhookDispatcher:
             log.exception("delivering webhook %s failed", delivery_id)
 
     def _retry_at(self, attempts_made: int, retry_after: float | None) -> datetime | None:
-        schedule = self._settings.webhook_retry_schedule
+        schedule = self._settings.retry_schedule
         if attempts_made > len(schedule):
             return None
         delay = retry_delay(schedule, attempts_made) if retry_after is None else retry_after
@@ -197,7 +212,7 @@ class WebhookDispatcher:
         if leased.payload is not None:
             return leased.payload.encode()
         payload = await webhook_body(self._repository, leased.request_id,
-                                     public_base_url=self._settings.public_base_url)
+                                     public_base_url=self._public_base_url)
         if payload is None:
             raise LookupError(f"request {leased.request_id} vanished")
         await self._webhooks.save_payload(leased.id, payload)

@@ -10,12 +10,14 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
+from pixpipe import tracing
 from pixpipe.bus import JOBS_STREAM, MAX_DELIVERIES_ADVISORY, WORKERS_DURABLE, Bus
 from pixpipe.db.repository import Repository
 from pixpipe.domain import ImageFailure, ImageJob, ImageOutcome
@@ -23,8 +25,11 @@ from pixpipe.events import EventPublisher
 from pixpipe.metrics import WorkerMetrics, failure_kind
 from pixpipe.retry import retry_delay
 from pixpipe.runtime import sleep_unless_stopped
-from pixpipe.settings import Settings
+from pixpipe.settings import JobSettings
 from pixpipe_services.worker.processor import ImageProcessor, TransientFailure
+
+if TYPE_CHECKING:
+    from opentelemetry.util.types import AttributeValue
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +62,27 @@ class ProcessingMark:
             await asyncio.shield(self._task)
 
 
+def settled_attributes(settled: ImageOutcome | TransientFailure | None,
+                       ) -> dict[str, AttributeValue]:
+    """What a job's span says of how it ended."""
+    if settled is None:
+        return {"pixpipe.outcome": "already settled"}
+    if isinstance(settled, TransientFailure):
+        return {"pixpipe.outcome": "retrying", "pixpipe.error": settled.reason}
+    if isinstance(settled, ImageFailure):
+        return {"pixpipe.outcome": "failed", "pixpipe.error": settled.reason,
+                "pixpipe.bytes_in": settled.bytes_in or 0}
+    return {"pixpipe.outcome": "completed", "pixpipe.bytes_in": settled.bytes_in,
+            "pixpipe.bytes_out": settled.bytes_out}
+
+
 class JobConsumer:
-    def __init__(self, settings: Settings, bus: Bus, repository: Repository,
+    def __init__(self, jobs: JobSettings, bus: Bus, repository: Repository,
                  processor: ImageProcessor, events: EventPublisher,
-                 metrics: WorkerMetrics | None = None) -> None:
+                 metrics: WorkerMetrics | None = None, *, shutdown_grace_seconds: float) -> None:
         self._metrics = metrics or WorkerMetrics()
-        self._settings = settings
+        self._jobs = jobs
+        self._shutdown_grace_seconds = shutdown_grace_seconds
         self._bus = bus
         self._repository = repository
         self._processor = processor
@@ -82,7 +102,7 @@ class JobConsumer:
         express = await self._subscribe(express=True)
         advisories = await self._bus.client.subscribe(
             MAX_DELIVERIES_ADVISORY, queue=WORKERS_DURABLE, cb=self._on_max_deliveries)
-        capacity = self._settings.worker_concurrency
+        capacity = self._jobs.worker_concurrency
         # Pull several jobs per request rather than one per finished job.
         pull_batch = max(1, capacity // 4)
         heartbeat = asyncio.create_task(self._keep_alive())
@@ -117,7 +137,7 @@ class JobConsumer:
                     await pulled.unsubscribe()
 
     async def _subscribe(self, *, express: bool) -> JetStreamContext.PullSubscription:
-        config = self._bus.job_consumer_config(express=express)
+        config = self._bus.job_consumer_config(self._jobs, express=express)
         assert config.durable_name is not None
         await self._bus.js.add_consumer(JOBS_STREAM, config.evolve(name=config.durable_name))
         return await self._bus.js.pull_subscribe_bind(config.durable_name, stream=JOBS_STREAM)
@@ -127,7 +147,7 @@ class JobConsumer:
         """The express lane: small requests' jobs, pulled beside the bulk lane's rather than
         behind them. They may take the worker up to one batch past its concurrency, so a
         worker busy with bulk jobs still takes them at once."""
-        ceiling = self._settings.worker_concurrency + batch
+        ceiling = self._jobs.worker_concurrency + batch
         while not stop.is_set():
             if len(self._in_hand) >= ceiling:
                 self._job_finished.clear()
@@ -167,7 +187,7 @@ class JobConsumer:
         if not self._in_hand:
             return
         _done, pending = await asyncio.wait(self._in_hand,
-                                            timeout=self._settings.shutdown_grace_seconds)
+                                            timeout=self._shutdown_grace_seconds)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -199,8 +219,14 @@ class JobConsumer:
         self._working[id(message)] = message
         self._metrics.in_flight.inc()
         try:
-            with self._metrics.seconds.time():
-                await self._settle(job, message)
+            # A child of the upload that queued the job, whose context the message carries.
+            with self._metrics.seconds.time(), tracing.span(
+                    "process image", kind="consumer", headers=message.headers,
+                    attributes={"pixpipe.request_id": job.request_id,
+                                "pixpipe.image_id": job.image_id}) as span:
+                settled = await self._settle(job, message)
+                if span is not None:
+                    span.set_attributes(settled_attributes(settled))
         except asyncio.CancelledError:
             # Shutting down mid-job: hand it back at once rather than wait for the ack timeout.
             with contextlib.suppress(Exception):
@@ -215,16 +241,19 @@ class JobConsumer:
             self._working.pop(id(message), None)
             self._metrics.in_flight.dec()
 
-    async def _settle(self, job: ImageJob, message: Msg) -> None:
+    async def _settle(self, job: ImageJob, message: Msg,
+                      ) -> ImageOutcome | TransientFailure | None:
+        """Process the job and settle its message; returns the outcome recorded, the failure
+        to retry, or None for a redelivery of finished work."""
         mark = ProcessingMark(functools.partial(self._mark_processing, job))
         # A redelivery checks the image first, and a last delivery marks it at once, so an
         # image whose last worker dies is left processing for the lost-job sweeper to find.
         deliveries = message.metadata.num_delivered
-        checked_first = deliveries > 1 or deliveries >= self._settings.job_max_deliver
+        checked_first = deliveries > 1 or deliveries >= self._jobs.max_deliver
         if checked_first and not await mark.now():
             # Unknown or already terminal: a redelivery of finished work.
             await message.ack()
-            return
+            return None
         # A first delivery goes straight to work: the image is marked processing once its
         # download is done or slow. A source that fails at once (a 404, a refused address)
         # then costs one commit and one event instead of two of each.
@@ -233,12 +262,12 @@ class JobConsumer:
             outcome = await self._processor.process(job, before_encoding=mark.now)
         except TransientFailure as failure:
             deliveries = message.metadata.num_delivered
-            if deliveries < self._settings.job_max_deliver:
+            if deliveries < self._jobs.max_deliver:
                 self._metrics.retries.inc()
                 await mark.settled()
                 await self._repository.note_retry(job.image_id, failure.reason)
                 await message.nak(delay=self._delay(message))
-                return
+                return failure
             outcome = ImageFailure(reason=failure.reason)
         finally:
             timer.cancel()
@@ -249,6 +278,7 @@ class JobConsumer:
             self._count(outcome)
             await self._events.image_changed(finished)
         await message.ack()
+        return outcome
 
     async def _mark_processing(self, job: ImageJob) -> bool:
         started = await self._repository.start_image(job.image_id, worker=self._name)
@@ -265,13 +295,13 @@ class JobConsumer:
             self._metrics.images.labels("completed").inc()
 
     def _delay(self, message: Msg) -> float:
-        return retry_delay(self._settings.job_retry_backoff_seconds,
+        return retry_delay(self._jobs.retry_backoff_seconds,
                            message.metadata.num_delivered)
 
     async def _keep_alive(self) -> None:
         # A slow download must not look like a dead worker: extend the ack deadline of every
         # job in hand, at a third of the ack wait (one timer for all jobs, not one each).
-        interval = max(self._settings.job_ack_wait_seconds / 3, 0.5)
+        interval = max(self._jobs.ack_wait_seconds / 3, 0.5)
         while True:
             await asyncio.sleep(interval)
             for message in list(self._working.values()):
@@ -286,7 +316,7 @@ class JobConsumer:
             assert raw.data is not None
             job = ImageJob.model_validate_json(raw.data)
             reason = await self._repository.last_error(job.image_id)
-            attempts = self._settings.job_max_deliver
+            attempts = self._jobs.max_deliver
             failure = ImageFailure(reason=reason or f"gave up after {attempts} attempts")
             finished = await self._repository.finish_image(job.image_id, failure)
             if finished is not None:

@@ -24,26 +24,28 @@ log = logging.getLogger(__name__)
 
 
 async def work(settings: Settings, stop: asyncio.Event) -> None:
-    s3_store = s3_store_from_settings(settings)
+    s3_store = s3_store_from_settings(settings.storage)
     if s3_store is not None:
         # Wrong credentials or a missing bucket stop the worker here, not each image later.
         await asyncio.to_thread(s3_store.check)
-    engine = engine_from_settings(settings)
+    engine = engine_from_settings(settings.storage)
     repository = Repository(session_factory(engine))
-    bus = await Bus.connect(settings, name="pixpipe-worker")
+    bus = await Bus.connect(settings.nats, name="pixpipe-worker")
     # Alone on its machine unless told otherwise (make run tells it its share of the cores).
     codec = CodecPool.from_settings(
-        settings, codec_processes_per_worker(settings, workers_on_this_machine=1))
-    fetcher = SafeFetcher.from_settings(settings)
-    store = store_from_settings(settings)
+        settings.codec, codec_processes_per_worker(settings.codec, workers_on_this_machine=1))
+    fetcher = SafeFetcher.from_settings(settings.fetch)
+    store = store_from_settings(settings.storage)
     reuse = (OutputReuse(ReuseIndex(engine, repository.writes), store, nats=bus.client)
-             if settings.reuse_outputs else None)
-    processor = ImageProcessor(settings, fetcher, codec, store, reuse)
+             if settings.storage.reuse_outputs else None)
+    processor = ImageProcessor(settings.encoding, fetcher, codec, store, reuse)
     metrics = WorkerMetrics()
-    serve_metrics(metrics.registry, settings.bind_host, settings.metrics_port)
-    events = EventPublisher(bus, repository, public_base_url=settings.public_base_url)
-    consumer = JobConsumer(settings, bus, repository, processor, events, metrics)
-    log.info("worker started: %d jobs at once", settings.worker_concurrency)
+    serve_metrics(metrics.registry, settings.network.bind_host,
+                  settings.observability.metrics_port)
+    events = EventPublisher(bus, repository, public_base_url=settings.network.public_base_url)
+    consumer = JobConsumer(settings.jobs, bus, repository, processor, events, metrics,
+                           shutdown_grace_seconds=settings.lifecycle.shutdown_grace_seconds)
+    log.info("worker started: %d jobs at once", settings.jobs.worker_concurrency)
     try:
         if reuse is not None:
             await reuse.start()

@@ -7,13 +7,14 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from pixpipe import tracing
 from pixpipe.codec import TransformOptions, transform_image
 from pixpipe.domain import Effort, ImageFailure, ImageJob, ImageOutcome, ImageSuccess
 from pixpipe.errors import DecodeError, FetchError
 from pixpipe.fetcher import FetchedImage, SafeFetcher
 from pixpipe.jpeg_encoders import prepare_vips
 from pixpipe.object_storage import StorageUnavailable
-from pixpipe.settings import Settings
+from pixpipe.settings import CodecSettings, EncodingSettings
 from pixpipe.storage import OutputStore
 from pixpipe_services.worker.codec_pool import (
     ChildProcessDied,
@@ -35,17 +36,17 @@ class TransientFailure(Exception):
         super().__init__(reason)
 
 
-def transform_options(job: ImageJob, settings: Settings) -> TransformOptions:
+def transform_options(job: ImageJob, encoding: EncodingSettings) -> TransformOptions:
     options = job.options
     return TransformOptions(
         quality=(options.quality if isinstance(options.quality, int)
-                 else settings.default_quality),
+                 else encoding.default_quality),
         max_width=options.max_width,
         max_height=options.max_height,
-        format=options.format or settings.default_format,
-        max_pixels=settings.max_image_pixels,
-        effort=options.effort or settings.default_effort,
-        target_score=((options.target_score or settings.default_target_score)
+        format=options.format or encoding.default_format,
+        max_pixels=encoding.max_image_pixels,
+        effort=options.effort or encoding.default_effort,
+        target_score=((options.target_score or encoding.default_target_score)
                       if options.quality == "auto" else None),
         measure_quality=bool(options.measure_quality),
     )
@@ -121,9 +122,9 @@ class CodecPool:
                                       memory_limit=memory_limit_bytes or None)
 
     @classmethod
-    def from_settings(cls, settings: Settings, processes: int) -> CodecPool:
-        return cls(processes, time_limit_seconds=settings.codec_time_limit_seconds,
-                   memory_limit_bytes=settings.codec_memory_limit_bytes)
+    def from_settings(cls, codec: CodecSettings, processes: int) -> CodecPool:
+        return cls(processes, time_limit_seconds=codec.time_limit_seconds,
+                   memory_limit_bytes=codec.memory_limit_bytes)
 
     @property
     def pids(self) -> list[int]:
@@ -148,9 +149,9 @@ class CodecPool:
 
 
 class ImageProcessor:
-    def __init__(self, settings: Settings, fetcher: SafeFetcher, codec: CodecPool,
+    def __init__(self, encoding: EncodingSettings, fetcher: SafeFetcher, codec: CodecPool,
                  store: OutputStore, reuse: OutputReuse | None = None) -> None:
-        self._settings = settings
+        self._encoding = encoding
         self._fetcher = fetcher
         self._codec = codec
         self._store = store
@@ -165,7 +166,7 @@ class ImageProcessor:
         the codec gets it; when it answers False (the image is unknown or already settled)
         nothing is encoded.
         """
-        options = transform_options(job, self._settings)
+        options = transform_options(job, self._encoding)
         reuse = self._reuse
         earlier = await reuse.earlier(job, options) if reuse is not None else None
         fetched = await self._fetch(
@@ -198,7 +199,8 @@ class ImageProcessor:
     async def _fetch(self, url: str,
                      conditional: dict[str, str] | None) -> FetchedImage | ImageFailure:
         try:
-            return await self._fetcher.fetch(url, conditional=conditional)
+            with tracing.span("fetch"):
+                return await self._fetcher.fetch(url, conditional=conditional)
         except FetchError as error:
             if error.transient:
                 raise TransientFailure(error.reason) from None
@@ -208,7 +210,10 @@ class ImageProcessor:
                       source: bytes) -> ImageOutcome:
         bytes_in = len(source)
         try:
-            stored = await self._codec.transform_and_store(source, options, self._store, job)
+            # One span: the codec process decodes, encodes and writes the output in one go.
+            with tracing.span("encode and store"):
+                stored = await self._codec.transform_and_store(source, options, self._store,
+                                                               job)
         except DecodeError as error:
             return ImageFailure(reason=error.reason, bytes_in=bytes_in)
         return ImageSuccess(output_path=stored.relative_path, bytes_in=bytes_in,

@@ -19,7 +19,7 @@ import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pixpipe.db.api_keys import ApiKey, ApiKeyStore, token_digest
-from pixpipe.settings import Settings
+from pixpipe.settings import AuthSettings
 
 BEARER = "Bearer "
 # A revoked key stops working within this long on every process.
@@ -104,6 +104,6 @@ class Authenticator:
         return key
 
 
-def authenticator_for(settings: Settings, engine: AsyncEngine) -> Authenticator:
-    return Authenticator(api_token=settings.api_token,
-                         keys=ApiKeyStore(engine) if settings.api_keys else None)
+def authenticator_for(auth: AuthSettings, engine: AsyncEngine) -> Authenticator:
+    return Authenticator(api_token=auth.api_token,
+                         keys=ApiKeyStore(engine) if auth.api_keys else None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import nats
@@ -24,7 +24,7 @@ from nats.js.errors import NotFoundError
 from pixpipe.domain import ImageJob
 from pixpipe.job_batch import JobBatch
 from pixpipe.pipelined_publish import publish_acknowledged
-from pixpipe.settings import Settings
+from pixpipe.settings import JobSettings, NatsSettings
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,11 @@ class Bus:
 
     client: NatsClient
     js: JetStreamContext
-    settings: Settings
+    nats: NatsSettings
 
     @classmethod
-    async def connect(cls, settings: Settings, *, name: str) -> Bus:
-        url = settings.nats_url or f"nats://127.0.0.1:{settings.embedded_nats_port}"
+    async def connect(cls, settings: NatsSettings, *, name: str) -> Bus:
+        url = settings.url or f"nats://127.0.0.1:{settings.embedded_port}"
         client = await nats.connect(
             servers=[part.strip() for part in url.split(",")],
             name=name,
@@ -73,14 +73,13 @@ class Bus:
             reconnect_time_wait=0.5,
             connect_timeout=5,
             allow_reconnect=True,
-            token=settings.nats_token,
+            token=settings.token,
         )
-        bus = cls(client=client,
-                  js=client.jetstream(timeout=settings.nats_request_timeout_seconds),
-                  settings=settings)
+        bus = cls(client=client, js=client.jetstream(timeout=settings.request_timeout_seconds),
+                  nats=settings)
         # A fresh cluster elects its JetStream leader a few seconds after it accepts
         # connections; a service started alongside it waits rather than crashes.
-        deadline = asyncio.get_running_loop().time() + settings.nats_startup_wait_seconds
+        deadline = asyncio.get_running_loop().time() + settings.startup_wait_seconds
         while True:
             try:
                 await bus.ensure_streams()
@@ -105,7 +104,7 @@ class Bus:
 
     async def ensure_streams(self) -> None:
         """Create or update both streams; safe to call from every service at start-up."""
-        replicas = self.settings.stream_replicas
+        replicas = self.nats.stream_replicas
         await self._ensure_stream(StreamConfig(
             name=JOBS_STREAM,
             subjects=[f"{JOBS_SUBJECT_PREFIX}.>", f"{EXPRESS_JOBS_SUBJECT_PREFIX}.>"],
@@ -130,24 +129,25 @@ class Bus:
             return
         await self.js.update_stream(config)
 
-    def job_consumer_config(self, *, express: bool = False) -> ConsumerConfig:
-        settings = self.settings
+    def job_consumer_config(self, jobs: JobSettings, *, express: bool = False) -> ConsumerConfig:
         return ConsumerConfig(
             durable_name=EXPRESS_WORKERS_DURABLE if express else WORKERS_DURABLE,
             ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=settings.job_ack_wait_seconds,
-            max_deliver=settings.job_max_deliver,
+            ack_wait=jobs.ack_wait_seconds,
+            max_deliver=jobs.max_deliver,
             max_ack_pending=10_000,
             deliver_policy=DeliverPolicy.ALL,
             filter_subject=f"{EXPRESS_JOBS_SUBJECT_PREFIX if express else JOBS_SUBJECT_PREFIX}.>",
         )
 
-    async def publish_jobs(self, jobs: Sequence[ImageJob]) -> None:
+    async def publish_jobs(self, jobs: Sequence[ImageJob], *,
+                           headers: Mapping[str, str] | None = None) -> None:
         """Publish every job and return once JetStream has stored each one; raise if any was
         refused or went unacknowledged for the request timeout.
 
         Up to _PUBLISH_WINDOW jobs are in flight at once; Nats-Msg-Id makes a re-published
-        job a no-op inside the duplicate window.
+        job a no-op inside the duplicate window. ``headers`` (the request's trace context)
+        go with every job.
         """
         if isinstance(jobs, JobBatch):
             subject = jobs_subject(jobs.request_id, express=jobs.express)
@@ -156,8 +156,8 @@ class Bus:
         else:
             messages = ((jobs_subject(job.request_id), job.message_id,
                          job.model_dump_json().encode()) for job in jobs)
-        await publish_acknowledged(self.client, messages, window=_PUBLISH_WINDOW,
-                                   timeout=self.settings.nats_request_timeout_seconds)
+        await publish_acknowledged(self.client, messages, window=_PUBLISH_WINDOW, headers=headers,
+                                   timeout=self.nats.request_timeout_seconds)
 
     async def jobs_waiting(self, request_id: str) -> int:
         """Jobs of a request still in the work queue: waiting, in hand or awaiting redelivery
@@ -166,19 +166,23 @@ class Bus:
         return sum((info.state.subjects or {}).values())
 
     async def publish_event(self, request_id: str, payload: bytes, *, message_id: str,
-                            confirm: bool = True) -> None:
-        """Publish a status event into PIXPIPE_EVENTS.
+                            confirm: bool = True,
+                            headers: Mapping[str, str] | None = None) -> None:
+        """Publish a status event into PIXPIPE_EVENTS, with ``headers`` besides its id.
 
         ``confirm=False`` skips waiting for JetStream's acknowledgement: for the many
         per-image events, which watchers can do without (they resynchronise from the
         database); the stream still stores them and de-duplicates by message id.
         """
-        headers = {"Nats-Msg-Id": message_id}
+        headers = ({**headers, "Nats-Msg-Id": message_id} if headers
+                   else {"Nats-Msg-Id": message_id})
         if confirm:
             await self.js.publish(events_subject(request_id), payload, headers=headers)
         else:
             await self.client.publish(events_subject(request_id), payload, headers=headers)
 
-    async def announce_completion(self, request_id: str) -> None:
+    async def announce_completion(self, request_id: str, *,
+                                  headers: Mapping[str, str] | None = None) -> None:
         """Tell the notifiers a request finished (its completion event is in the stream)."""
-        await self.client.publish(COMPLETIONS_SUBJECT, request_id.encode())
+        await self.client.publish(COMPLETIONS_SUBJECT, request_id.encode(),
+                                  headers=dict(headers) if headers else None)

@@ -12,6 +12,7 @@ from pixpipe.domain import ImageChange
 from pixpipe.retry import doubling_delay
 from pixpipe.runtime import sleep_unless_stopped
 from pixpipe.status_messages import completion_event, image_event
+from pixpipe.tracing import trace_headers
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,12 @@ class EventPublisher:
             summary = await self._repository.get_request(request_id, images=None)
             assert summary is not None
             payload = completion_event(summary, self._public_base_url).SerializeToString()
+        # The trace of the job that finished the request goes on to the notifiers.
+        trace = trace_headers()
         await self._bus.publish_event(request_id, payload,
-                                      message_id=completion_message_id(request_id))
-        await self._bus.announce_completion(request_id)
+                                      message_id=completion_message_id(request_id),
+                                      headers=trace)
+        await self._bus.announce_completion(request_id, headers=trace)
 
 
 async def republish_completions(publisher: EventPublisher, repository: Repository,

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pixpipe.db.models import ImageRecord, RequestRecord
 from pixpipe.object_storage import StorageUnavailable
 from pixpipe.runtime import sleep_unless_stopped
-from pixpipe.settings import Settings
+from pixpipe.settings import StorageSettings
 from pixpipe.storage import s3_store_from_settings
 
 log = logging.getLogger(__name__)
@@ -28,14 +28,14 @@ BATCH_REQUESTS = 10
 OutputRemover = Callable[[Sequence[str], Sequence[str]], None]
 
 
-def output_remover(settings: Settings) -> OutputRemover:
-    store = s3_store_from_settings(settings)
+def output_remover(storage: StorageSettings) -> OutputRemover:
+    store = s3_store_from_settings(storage)
     if store is not None:
         return lambda _request_ids, paths: store.delete(list(paths))
 
     def remove_directories(request_ids: Sequence[str], _paths: Sequence[str]) -> None:
         for request_id in request_ids:
-            shutil.rmtree(settings.images_dir / request_id, ignore_errors=True)
+            shutil.rmtree(storage.images_dir / request_id, ignore_errors=True)
 
     return remove_directories
 
@@ -74,14 +74,14 @@ def lifecycle_days(retention_days: float) -> int:
     return math.ceil(retention_days) + 1
 
 
-async def set_bucket_expiry(settings: Settings) -> bool | None:
+async def set_bucket_expiry(storage: StorageSettings) -> bool | None:
     """The bucket's lifecycle rule as a backstop to the batch deletes (outputs a crashed purge
     left, objects no row names); None without object storage, False where the server has no
     lifecycle rules or refused this one."""
-    store = s3_store_from_settings(settings)
-    if store is None or settings.retention_days is None:
+    store = s3_store_from_settings(storage)
+    if store is None or storage.retention_days is None:
         return None
-    days = lifecycle_days(settings.retention_days)
+    days = lifecycle_days(storage.retention_days)
     try:
         applied = await asyncio.to_thread(store.expire_after, days)
     except StorageUnavailable as error:
@@ -95,13 +95,13 @@ async def set_bucket_expiry(settings: Settings) -> bool | None:
     return applied
 
 
-async def keep_purging(settings: Settings, engine: AsyncEngine, stop: asyncio.Event) -> None:
+async def keep_purging(storage: StorageSettings, engine: AsyncEngine, stop: asyncio.Event) -> None:
     """Every ``retention_interval_seconds`` until ``stop``; a failed round is tried again."""
-    assert settings.retention_days is not None
-    remove_outputs = output_remover(settings)
-    await set_bucket_expiry(settings)
+    assert storage.retention_days is not None
+    remove_outputs = output_remover(storage)
+    await set_bucket_expiry(storage)
     while not stop.is_set():
-        cutoff = datetime.now(UTC) - timedelta(days=settings.retention_days)
+        cutoff = datetime.now(UTC) - timedelta(days=storage.retention_days)
         try:
             purged = await purge_expired(engine, remove_outputs, cutoff=cutoff)
         except Exception:
@@ -110,4 +110,4 @@ async def keep_purging(settings: Settings, engine: AsyncEngine, stop: asyncio.Ev
             if purged:
                 log.info("retention: deleted %d requests created before %s", purged,
                          cutoff.isoformat())
-        await sleep_unless_stopped(stop, settings.retention_interval_seconds)
+        await sleep_unless_stopped(stop, storage.retention_interval_seconds)

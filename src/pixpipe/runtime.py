@@ -13,7 +13,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from pixpipe.settings import Settings
+from pixpipe.settings import ObservabilitySettings, Settings
+from pixpipe.tracing import configure_tracing
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -37,11 +38,12 @@ class JsonLogFormatter(logging.Formatter):
 
 
 def start_service_process(settings: Settings, service: str) -> None:
-    """What every service does first: its logging, and its tie to the process that started
-    it, if it has one."""
-    configure_logging(settings, service)
-    if settings.exit_with_parent_pid:
-        exit_with_parent(settings.exit_with_parent_pid)
+    """What every service does first: its logging, its tracing (off unless PIXPIPE_TRACING
+    says), and its tie to the process that started it, if it has one."""
+    configure_logging(settings.observability, service)
+    configure_tracing(f"pixpipe-{service}", settings.observability.tracing)
+    if settings.lifecycle.exit_with_parent_pid:
+        exit_with_parent(settings.lifecycle.exit_with_parent_pid)
 
 
 _PR_SET_PDEATHSIG = 1
@@ -63,12 +65,12 @@ def exit_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def configure_logging(settings: Settings, service: str) -> None:
+def configure_logging(observability: ObservabilitySettings, service: str) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonLogFormatter(service) if settings.log_format == "json" else
+    handler.setFormatter(JsonLogFormatter(service) if observability.log_format == "json" else
                          logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: "
                                            "%(message)s"))
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
+    logging.basicConfig(level=observability.log_level.upper(), handlers=[handler])
     # A line per download or webhook POST drowns the service's own log.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
 

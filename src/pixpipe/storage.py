@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from pixpipe.object_storage import S3Store
-from pixpipe.settings import Settings
+from pixpipe.settings import StorageSettings
 
 
 class OutputStore(Protocol):
@@ -25,17 +25,17 @@ class OutputStore(Protocol):
         ...
 
 
-def s3_store_from_settings(settings: Settings) -> S3Store | None:
-    if not settings.storage_url:
+def s3_store_from_settings(storage: StorageSettings) -> S3Store | None:
+    if not storage.url:
         return None
-    return S3Store.from_url(settings.storage_url, endpoint_url=settings.s3_endpoint_url,
-                            cache_control=settings.s3_cache_control,
-                            multipart_threshold=settings.s3_multipart_threshold_bytes)
+    return S3Store.from_url(storage.url, endpoint_url=storage.s3_endpoint_url,
+                            cache_control=storage.s3_cache_control,
+                            multipart_threshold=storage.s3_multipart_threshold_bytes)
 
 
-def store_from_settings(settings: Settings) -> OutputStore:
+def store_from_settings(storage: StorageSettings) -> OutputStore:
     """Object storage when PIXPIPE_STORAGE_URL is set, else <data dir>/processed_images."""
-    return s3_store_from_settings(settings) or ImageStore(settings.images_dir)
+    return s3_store_from_settings(storage) or ImageStore(storage.images_dir)
 
 
 class ImageStore:

@@ -44,7 +44,7 @@ async def make_key(stack: RunningStack, monkeypatch: pytest.MonkeyPatch,
                    capsys: pytest.CaptureFixture[str], name: str, *limits: str,
                    ) -> dict[str, str]:
     """``pixpipe keys create`` against the stack's database, as an operator would run it."""
-    monkeypatch.setenv("PIXPIPE_DATABASE_URL", stack.settings.resolved_database_url)
+    monkeypatch.setenv("PIXPIPE_DATABASE_URL", stack.settings.storage.resolved_database_url)
     capsys.readouterr()
     assert await keys_command("create", name, "--json", *limits) == 0
     made: dict[str, str] = json.loads(capsys.readouterr().out)
@@ -132,7 +132,7 @@ async def test_a_key_sees_only_its_own_requests_and_signs_its_own_webhooks(
         with pytest.raises(WebhookVerificationError):
             verify(delivered.headers, delivered.body, shop_b["webhook_secret"])
         with pytest.raises(WebhookVerificationError):
-            verify(delivered.headers, delivered.body, keyed_stack.settings.webhook_secret or "")
+            verify(delivered.headers, delivered.body, keyed_stack.settings.webhooks.secret or "")
 
     # Revoked, the key stops working (within the few seconds keys are cached).
     capsys.readouterr()

@@ -151,15 +151,15 @@ async def test_filters_and_small_pages(catalogue: Catalogue) -> None:
 
 async def test_the_webhook_body_is_bounded_and_links_the_rest(catalogue: Catalogue) -> None:
     post = catalogue.webhook.wait_for_success(timeout=60)
-    assert catalogue.stack.settings.webhook_secret
-    verify(post.headers, post.body, catalogue.stack.settings.webhook_secret)
+    assert catalogue.stack.settings.webhooks.secret
+    verify(post.headers, post.body, catalogue.stack.settings.webhooks.secret)
     assert len(post.body) <= 1024 * 1024
     body = json.loads(post.body)
     assert body["request_id"] == catalogue.request_id and body["status"] == "failed"
     assert body["images"] == [] and body["images_complete"] is False
     assert len(body["failed_images"]) == 1000
     assert body["failed_images_omitted"] == IMAGES - 1000
-    base = catalogue.stack.settings.public_base_url.rstrip("/")
+    base = catalogue.stack.settings.network.public_base_url.rstrip("/")
     assert body["links"]["output_csv"] == f"{base}/status/{catalogue.request_id}/csv"
     assert body["links"]["status"] == f"{base}/status/{catalogue.request_id}"
 

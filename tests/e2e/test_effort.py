@@ -58,7 +58,7 @@ async def test_effort_max_over_rest_and_fast_over_grpc(
             assert image["score"] is None
         sizes[effort] = {image["input_url"]: image["bytes_out"] for image in images}
 
-    engine = create_engine(stack.settings.resolved_database_url)
+    engine = create_engine(stack.settings.storage.resolved_database_url)
     try:
         async with session_factory(engine)() as session:
             stored = (await session.execute(

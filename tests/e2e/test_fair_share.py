@@ -58,7 +58,7 @@ async def test_a_small_request_is_not_queued_behind_a_big_one(
     try:
         async with asyncio.timeout(30):
             # Every slot of the worker is held by the big one (counted in the server's threads).
-            while held < fair_stack.settings.worker_concurrency:  # noqa: ASYNC110
+            while held < fair_stack.settings.jobs.worker_concurrency:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
 
         started = time.monotonic()

@@ -59,8 +59,8 @@ async def fault_stack(tmp_path: Path, *, database_url: str, nats_url: str | None
     stack = await asyncio.to_thread(manager.__enter__)
     try:
         if nats_url is None:
-            stack.settings = stack.settings.model_copy(update={
-                "nats_url": f"nats://127.0.0.1:{stack.settings.embedded_nats_port}"})
+            stack.settings = stack.settings.updated(
+                nats_url=f"nats://127.0.0.1:{stack.settings.nats.embedded_port}")
         yield stack
     finally:
         await asyncio.to_thread(manager.__exit__, None, None, None)

@@ -93,7 +93,7 @@ async def test_products_csv_on_object_storage(s3_stack: RunningStack, own_s3: Se
 
     keys = own_s3.object_keys(prefix=f"{PREFIX}/{answer.request_id}/")
     assert len(keys) == 12
-    assert not s3_stack.settings.images_dir.exists()
+    assert not s3_stack.settings.storage.images_dir.exists()
 
 
 async def test_s3_restart_mid_batch_loses_nothing(s3_stack: RunningStack, own_s3: SeaweedS3,

@@ -44,8 +44,9 @@ async def test_output_csv_round_trip(stack: RunningStack, corpus_server: CorpusH
                 assert failed or (quality == "50") == (encoder != "")  # or the source kept
                 if failed:
                     continue
-                assert output_url.startswith(stack.settings.public_base_url + "/processed_images/")
-                image = await client.get(output_url.removeprefix(stack.settings.public_base_url))
+                base_url = stack.settings.network.public_base_url
+                assert output_url.startswith(base_url + "/processed_images/")
+                image = await client.get(output_url.removeprefix(base_url))
                 assert image.status_code == 200
                 with Image.open(io.BytesIO(image.content)) as decoded:
                     decoded.load()

@@ -62,7 +62,7 @@ async def test_products_csv_over_grpc(stack: RunningStack, corpus_server: Corpus
             continue
         assert image.output_url == (f"{stack.gateway_url}/processed_images/"
                                     f"{answer.request_id}/{image.image_id}.jpg")
-        stored = stack.settings.images_dir / answer.request_id / f"{image.image_id}.jpg"
+        stored = stack.settings.storage.images_dir / answer.request_id / f"{image.image_id}.jpg"
         with Image.open(stored) as decoded:
             assert decoded.format == "JPEG"
             assert decoded.mode in ("RGB", "L")
@@ -173,7 +173,7 @@ async def test_two_workers_share_the_load_and_redelivery_duplicates_nothing(
     status = await wait_until_terminal(stack.status_address, answer.request_id)
     assert (status.completed, status.failed) == (40, 0)
 
-    engine = create_engine(stack.settings.resolved_database_url)
+    engine = create_engine(stack.settings.storage.resolved_database_url)
     sessions = session_factory(engine)
     try:
         async with sessions() as session:
@@ -183,7 +183,7 @@ async def test_two_workers_share_the_load_and_redelivery_duplicates_nothing(
         assert len(workers) == 2, f"one worker did everything: {workers}"
 
         # Re-publish every job under new message ids, as a redelivery after a lost ack would.
-        client = await nats.connect(stack.settings.nats_url or "")
+        client = await nats.connect(stack.settings.nats.url or "")
         try:
             js = client.jetstream()
             for image in status.images:
@@ -210,7 +210,7 @@ async def test_two_workers_share_the_load_and_redelivery_duplicates_nothing(
     again = await get_status(stack.status_address, answer.request_id)
     assert (again.total, again.completed, again.failed, again.version) == (
         40, 40, 0, status.version)
-    files = list((stack.settings.images_dir / answer.request_id).iterdir())
+    files = list((stack.settings.storage.images_dir / answer.request_id).iterdir())
     assert len(files) == 40
 
 
@@ -231,8 +231,8 @@ async def test_webhook_receives_the_signed_status_when_the_request_finishes(
                     "webhook"]["state"] != "delivered":
                 assert time.monotonic() < deadline, status["webhook"]
                 await asyncio.sleep(0.05)
-    assert stack.settings.webhook_secret
-    verify(post.headers, post.body, stack.settings.webhook_secret)
+    assert stack.settings.webhooks.secret
+    verify(post.headers, post.body, stack.settings.webhooks.secret)
     body = json.loads(post.body)
     assert body["request_id"] == request_id and body["status"] == "completed"
     assert (body["completed"], body["failed"]) == (12, 2)

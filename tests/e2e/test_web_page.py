@@ -343,7 +343,7 @@ async def test_the_page_shows_outputs_kept_in_object_storage(
     assert sources and all(src.startswith(f"{s3_stack.gateway_url}/processed_images/")
                            for src in sources)
     assert len(from_bucket) >= len(sources), "thumbnails did not come from the bucket"
-    assert not s3_stack.settings.images_dir.exists()
+    assert not s3_stack.settings.storage.images_dir.exists()
 
 
 CATALOGUE_IMAGES = 20_000

@@ -54,7 +54,7 @@ async def repository(database_url: str) -> AsyncIterator[Repository]:
 
 @pytest.fixture
 async def bus(make_settings: Callable[..., Settings]) -> AsyncIterator[Bus]:
-    connected = await Bus.connect(make_settings(), name="pixpipe-tests")
+    connected = await Bus.connect(make_settings().nats, name="pixpipe-tests")
     yield connected
     await connected.close()
 

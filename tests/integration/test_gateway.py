@@ -20,9 +20,9 @@ def client_for(settings: Settings) -> httpx.AsyncClient:
 async def test_api_token_guards_every_route_but_health_and_files(
         make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(api_token="s3cret")
-    settings.images_dir.mkdir(parents=True, exist_ok=True)
-    (settings.images_dir / "r").mkdir(exist_ok=True)
-    (settings.images_dir / "r" / "i.jpg").write_bytes(b"jpeg")
+    settings.storage.images_dir.mkdir(parents=True, exist_ok=True)
+    (settings.storage.images_dir / "r").mkdir(exist_ok=True)
+    (settings.storage.images_dir / "r" / "i.jpg").write_bytes(b"jpeg")
     async with client_for(settings) as client:
         for method, path in (("GET", "/status/6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f"),
                              ("GET", "/requests"), ("POST", "/upload/"),

@@ -34,9 +34,10 @@ CSV = (b"S. No.,Product Name,Input Image Urls\n"
 
 async def serve_ingest(settings: Settings, repository: Repository, bus: Bus) -> GrpcServer:
     server = GrpcServer(host="127.0.0.1", port=free_port(),
-                        authenticator=Authenticator(api_token=settings.api_token, keys=None))
+                        authenticator=Authenticator(api_token=settings.auth.api_token, keys=None))
     server.add(ingest_pb2_grpc.add_IngestServiceServicer_to_server,
-               IngestServicer(settings, repository, bus), "pixpipe.v1.IngestService")
+               IngestServicer(settings.limits, repository, bus, jobs=settings.jobs,
+                              fetch=settings.fetch), "pixpipe.v1.IngestService")
     await server.start()
     return server
 
@@ -46,7 +47,7 @@ async def test_upload_publishes_one_job_per_image(
     nats_server = start_own_nats(tmp_path / "js")
     try:
         settings = make_settings(nats_url=nats_server.url)
-        bus = await Bus.connect(settings, name="test-ingest")
+        bus = await Bus.connect(settings.nats, name="test-ingest")
         server = await serve_ingest(settings, repository, bus)
         try:
             answer = await upload(f"127.0.0.1:{server.port}", CSV, chunk_size=10)
@@ -68,7 +69,7 @@ async def test_broker_down_fails_the_request_instead_of_leaving_it_stuck(
         make_settings: Callable[..., Settings], repository: Repository, tmp_path: Path) -> None:
     nats_server = start_own_nats(tmp_path / "js")
     settings = make_settings(nats_url=nats_server.url, nats_request_timeout_seconds=1.0)
-    bus = await Bus.connect(settings, name="test-ingest")
+    bus = await Bus.connect(settings.nats, name="test-ingest")
     server = await serve_ingest(settings, repository, bus)
     file_name = f"unqueued-{uuid.uuid4()}.csv"
     try:
@@ -284,7 +285,9 @@ class HeldUpload:
 
 async def test_uploads_past_the_limit_are_refused_until_one_finishes(
         make_settings: Callable[..., Settings], repository: Repository, bus: Bus) -> None:
-    servicer = IngestServicer(make_settings(ingest_max_concurrent_uploads=2), repository, bus)
+    settings = make_settings(ingest_max_concurrent_uploads=2)
+    servicer = IngestServicer(settings.limits, repository, bus, jobs=settings.jobs,
+                              fetch=settings.fetch)
     server = GrpcServer(host="127.0.0.1", port=free_port(), authenticator=Authenticator.open())
     server.add(ingest_pb2_grpc.add_IngestServiceServicer_to_server, servicer,
                "pixpipe.v1.IngestService")

@@ -93,7 +93,7 @@ def test_gateway_serves_objects(s3_environment: dict[str, str], serve: str,
     store.write(path, b"\xff\xd8jpeg bytes")
     settings = Settings(data_dir=tmp_path, storage_url=s3_environment["PIXPIPE_STORAGE_URL"],
                         s3_endpoint_url=s3_environment["PIXPIPE_S3_ENDPOINT_URL"],
-                        s3_serve=serve)  # type: ignore[arg-type]
+                        s3_serve=serve)
     with TestClient(create_app(settings), base_url="http://localhost") as client:
         answer = client.get(f"/processed_images/{path}", follow_redirects=False)
         if serve == "redirect":
@@ -107,4 +107,4 @@ def test_gateway_serves_objects(s3_environment: dict[str, str], serve: str,
         if serve == "proxy":
             missing = client.get(f"/processed_images/{request_id}/{uuid.uuid4().hex}.jpg")
             assert missing.status_code == 404
-    assert not (settings.images_dir).exists()
+    assert not (settings.storage.images_dir).exists()

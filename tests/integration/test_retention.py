@@ -42,7 +42,7 @@ async def _request(engine: AsyncEngine, settings: Settings, *, created_at: datet
                    status: str = "completed", images: int = 3) -> tuple[str, list[str]]:
     """A request with its product and images in the database and its outputs stored."""
     request_id = str(uuid.uuid4())
-    store = store_from_settings(settings)
+    store = store_from_settings(settings.storage)
     paths = []
     async with engine.begin() as connection:
         await connection.execute(insert(RequestRecord).values(
@@ -79,16 +79,16 @@ async def test_expired_requests_leave_the_data_dir(engine: AsyncEngine, tmp_path
     unfinished, _ = await _request(engine, settings, created_at=OLD, status="processing")
     recent, _ = await _request(engine, settings, created_at=NOW)
 
-    purged = await purge_expired(engine, output_remover(settings),
+    purged = await purge_expired(engine, output_remover(settings.storage),
                                  cutoff=NOW - timedelta(days=30), batch=1)
 
     assert purged == 2
-    assert not (settings.images_dir / old_a).exists()
-    assert not (settings.images_dir / old_b).exists()
+    assert not (settings.storage.images_dir / old_a).exists()
+    assert not (settings.storage.images_dir / old_b).exists()
     assert await _count(engine, RequestRecord, [old_a, old_b]) == 0
     assert await _count(engine, ImageRecord, [old_a, old_b]) == 0  # cascaded
     for kept in (unfinished, recent):
-        assert len(list((settings.images_dir / kept).iterdir())) >= 1
+        assert len(list((settings.storage.images_dir / kept).iterdir())) >= 1
     assert await _count(engine, ImageRecord, [unfinished, recent]) == 6
 
 
@@ -104,13 +104,13 @@ async def test_expired_requests_leave_the_bucket(engine: AsyncEngine, tmp_path: 
     old, _ = await _request(engine, settings, created_at=OLD, images=4)
     recent, recent_paths = await _request(engine, settings, created_at=NOW)
 
-    assert await purge_expired(engine, output_remover(settings),
+    assert await purge_expired(engine, output_remover(settings.storage),
                                cutoff=NOW - timedelta(days=30)) == 1
 
     assert sorted(s3_server.object_keys(prefix=f"{prefix}/")) == sorted(
         f"{prefix}/{path}" for path in recent_paths)
     assert await _count(engine, RequestRecord, [old, recent]) == 1
-    assert not settings.images_dir.exists()
+    assert not settings.storage.images_dir.exists()
     object_storage._clients.clear()
 
 
@@ -125,7 +125,7 @@ async def test_purging_an_old_request_keeps_what_a_newer_one_reused(
     newest user: purging the first request leaves the later copy, and its entry, intact;
     an entry whose only owner is purged goes with it, so nothing offers a deleted file."""
     settings = Settings(data_dir=tmp_path, retention_days=30)
-    store = ImageStore(settings.images_dir)
+    store = ImageStore(settings.storage.images_dir)
     old, old_paths = await _request(engine, settings, created_at=OLD, images=2)
     recent, recent_paths = await _request(engine, settings, created_at=NOW, images=1)
     assert store.copy(old_paths[0], recent_paths[0])  # what a reuse hit does
@@ -135,10 +135,10 @@ async def test_purging_an_old_request_keeps_what_a_newer_one_reused(
         await index.record("reused-by-recent", recent, _output(recent_paths[0]))
         await index.record("only-in-old", old, _output(old_paths[1]))
 
-        assert await purge_expired(engine, output_remover(settings),
+        assert await purge_expired(engine, output_remover(settings.storage),
                                    cutoff=NOW - timedelta(days=30)) == 1
 
-        assert not (settings.images_dir / old).exists()
+        assert not (settings.storage.images_dir / old).exists()
         assert store.absolute_path(recent_paths[0]).read_bytes() == b"\xff\xd8output"
         known = await index.find("reused-by-recent")
         assert known is not None and known.request_id == recent
@@ -164,8 +164,8 @@ async def test_object_storage_gets_a_lifecycle_backstop(
         "Rules": [other]})
     try:
         settings = Settings(data_dir=tmp_path, retention_days=29.5)
-        assert await set_bucket_expiry(settings) is True
-        assert await set_bucket_expiry(settings) is True
+        assert await set_bucket_expiry(settings.storage) is True
+        assert await set_bucket_expiry(settings.storage) is True
 
         rules = {rule["ID"]: rule for rule in client.get_bucket_lifecycle_configuration(
             Bucket=bucket)["Rules"]}
@@ -174,7 +174,7 @@ async def test_object_storage_gets_a_lifecycle_backstop(
         assert ours["Expiration"]["Days"] == lifecycle_days(29.5) == 31
         prefix = environment["PIXPIPE_STORAGE_URL"].rsplit("/", 1)[-1]
         assert ours["Filter"]["Prefix"] == f"{prefix}/"
-        assert await set_bucket_expiry(Settings(data_dir=tmp_path)) is None  # retention off
+        assert await set_bucket_expiry(Settings(data_dir=tmp_path).storage) is None  # retention off
     finally:
         client.delete_bucket_lifecycle(Bucket=bucket)
         object_storage._clients.clear()

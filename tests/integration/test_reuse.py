@@ -65,7 +65,7 @@ async def content_entries(repository: Repository, request_ids: list[str]) -> int
 
 def output_file(settings: Settings, image: ImageView) -> Path:
     assert image.status == ImageState.COMPLETED and image.output_path, image
-    return settings.images_dir / image.output_path
+    return settings.storage.images_dir / image.output_path
 
 
 def headers_of(server: CorpusHttpServer, path: str) -> list[dict[str, str]]:

@@ -27,9 +27,9 @@ from tests.support.http_server import CorpusHttpServer
 
 def worker_environment(settings: Settings, **extra: str) -> dict[str, str]:
     return {**os.environ,
-            "PIXPIPE_DATA_DIR": str(settings.data_dir),
-            "PIXPIPE_DATABASE_URL": settings.resolved_database_url,
-            "PIXPIPE_NATS_URL": settings.nats_url or "",
+            "PIXPIPE_DATA_DIR": str(settings.storage.data_dir),
+            "PIXPIPE_DATABASE_URL": settings.storage.resolved_database_url,
+            "PIXPIPE_NATS_URL": settings.nats.url or "",
             "PIXPIPE_ALLOW_PRIVATE_NETWORKS": "true", "PIXPIPE_CODEC_PROCESSES": "1",
             "PIXPIPE_JOB_ACK_WAIT_SECONDS": "30", **extra}
 

@@ -54,7 +54,7 @@ def test_only_the_ports_in_use_are_reported(listener: int, tmp_path: Path) -> No
 
     assert occupied_ports(settings) == [f"127.0.0.1:{listener} (PIXPIPE_EMBEDDED_NATS_PORT)"]
     # With an external broker the embedded one's port does not matter.
-    external = settings.model_copy(update={"nats_url": "nats://127.0.0.1:4222"})
+    external = settings.updated(nats_url="nats://127.0.0.1:4222")
     assert occupied_ports(external) == []
 
 

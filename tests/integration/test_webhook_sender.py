@@ -16,7 +16,8 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 @pytest.fixture
 async def sender(make_settings: Callable[..., Settings]) -> AsyncIterator[WebhookSender]:
-    sender = WebhookSender(make_settings(webhook_secret=SECRET, webhook_timeout_seconds=3.0))
+    settings = make_settings(webhook_secret=SECRET, webhook_timeout_seconds=3.0)
+    sender = WebhookSender(settings.webhooks, settings.fetch)
     try:
         yield sender
     finally:

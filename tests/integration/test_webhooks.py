@@ -190,9 +190,9 @@ async def test_a_killed_notifier_delivers_once_after_restart(
         make_settings: Callable[..., Settings], repository: Repository) -> None:
     settings = webhook_settings(make_settings)
     environment = {**os.environ,
-                   "PIXPIPE_DATABASE_URL": settings.resolved_database_url,
-                   "PIXPIPE_NATS_URL": settings.nats_url or "",
-                   "PIXPIPE_DATA_DIR": str(settings.data_dir),
+                   "PIXPIPE_DATABASE_URL": settings.storage.resolved_database_url,
+                   "PIXPIPE_NATS_URL": settings.nats.url or "",
+                   "PIXPIPE_DATA_DIR": str(settings.storage.data_dir),
                    "PIXPIPE_STATUS_PORT": "0",
                    "PIXPIPE_ALLOW_PRIVATE_NETWORKS": "true",
                    "PIXPIPE_WEBHOOK_SECRET": SECRET,

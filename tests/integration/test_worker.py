@@ -147,8 +147,8 @@ async def test_a_worker_killed_on_the_last_delivery_still_fails_the_image(
     settings = make_settings(job_max_deliver=1, job_ack_wait_seconds=1.5,
                              fetch_timeout_seconds=120.0)
     environment = {**os.environ, **{f"PIXPIPE_{key.upper()}": str(value) for key, value in {
-        "data_dir": settings.data_dir, "database_url": settings.database_url,
-        "nats_url": settings.nats_url, "allow_private_networks": "true",
+        "data_dir": settings.storage.data_dir, "database_url": settings.storage.database_url,
+        "nats_url": settings.nats.url, "allow_private_networks": "true",
         "job_max_deliver": 1, "job_ack_wait_seconds": 1.5, "fetch_timeout_seconds": 120,
         "codec_processes": 1}.items()}}
     doomed = await asyncio.create_subprocess_exec(
@@ -260,7 +260,7 @@ async def test_a_forged_job_is_dropped_and_writes_nothing(
         view = await wait_terminal(repository, request_id)
     assert view.counters.status == RequestState.COMPLETED
     # Where the forged ids would have put the output, and anything named after them.
-    landing = settings.images_dir / "../../../escaped/../evil.jpg"
+    landing = settings.storage.images_dir / "../../../escaped/../evil.jpg"
     assert not landing.resolve().exists()
     assert not list(tmp_path.parent.rglob("evil*")) and not list(tmp_path.parent.rglob("escaped"))
-    assert not (settings.images_dir / real).exists()
+    assert not (settings.storage.images_dir / real).exists()

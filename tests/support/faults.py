@@ -136,14 +136,14 @@ async def check_nothing_lost(stack: RunningStack, request_id: str, expected_tota
         if image.status == status_pb2.IMAGE_STATE_FAILED:
             assert image.error, f"image {image.image_id} failed without a reason"
 
-    engine = create_engine(stack.settings.resolved_database_url)
+    engine = create_engine(stack.settings.storage.resolved_database_url)
     try:
         async with session_factory(engine)() as session:
             rows = await session.scalar(select(func.count()).select_from(ImageRecord).where(
                 ImageRecord.request_id == request_id))
     finally:
         await engine.dispose()
-    files = list((stack.settings.images_dir / request_id).glob("*.*"))
+    files = list((stack.settings.storage.images_dir / request_id).glob("*.*"))
     per_image = Counter(path.stem for path in files)
     duplicated = (int(rows or 0) - expected_total) + sum(n - 1 for n in per_image.values())
     completed_ids = {image.image_id for image in status.images
@@ -155,7 +155,7 @@ async def check_nothing_lost(stack: RunningStack, request_id: str, expected_tota
         f"{missing[:5]} without a file")
 
     completions = await completion_events(stack.stack.nats_url, request_id,
-                                          token=stack.settings.nats_token or stack.stack.nats_token)
+                                          token=stack.settings.nats.token or stack.stack.nats_token)
     duplicated += max(0, completions - 1)
     assert completions == 1, f"{completions} completion events"
     if receiver is not None:

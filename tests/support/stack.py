@@ -31,15 +31,15 @@ class RunningStack:
 
     @property
     def gateway_url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.gateway_port}"
+        return f"http://127.0.0.1:{self.settings.network.gateway_port}"
 
     @property
     def ingest_address(self) -> str:
-        return f"127.0.0.1:{self.settings.ingest_port}"
+        return f"127.0.0.1:{self.settings.network.ingest_port}"
 
     @property
     def status_address(self) -> str:
-        return f"127.0.0.1:{self.settings.status_port}"
+        return f"127.0.0.1:{self.settings.network.status_port}"
 
     def logs(self) -> str:
         return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}"
@@ -72,7 +72,7 @@ def stack_settings(data_dir: Path, *, database_url: str, nats_url: str,
 @contextmanager
 def running_stack(data_dir: Path, environment: dict[str, str], *,
                   workers: int = 2) -> Iterator[RunningStack]:
-    settings = Settings(**{key.removeprefix("PIXPIPE_").lower(): value  # type: ignore[arg-type]
+    settings = Settings(**{key.removeprefix("PIXPIPE_").lower(): value
                            for key, value in environment.items()})
     log_dir = data_dir / "logs"
     stack = Stack(settings=settings, workers=workers, log_dir=log_dir, environment=environment)

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from pixpipe.settings import Settings
+from pixpipe.settings import NetworkSettings, Settings, environment_variables
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -30,7 +30,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 PYPROJECT = ROOT / "pyproject.toml"
 
 PREFIX = "PIXPIPE_"
-KNOWN_VARIABLES = frozenset(PREFIX + name.upper() for name in Settings.model_fields)
+KNOWN_VARIABLES = frozenset(environment_variables())
 
 # The services built from our image and the console script each must run.
 APP_SERVICES = {
@@ -40,7 +40,8 @@ APP_SERVICES = {
     "notifier": "pixpipe-notifier",
     "gateway": "pixpipe-gateway",
 }
-# The services other containers reach, and the Settings field holding the port each listens on.
+# The services other containers reach, and the network settings field holding the port each
+# listens on.
 LISTENING_PORT_FIELD = {"ingest": "ingest_port", "notifier": "status_port",
                         "gateway": "gateway_port"}
 # The long-running services that wait for the schema and for JetStream.
@@ -408,17 +409,17 @@ def test_image_default_command_is_a_console_script(stages: list[Stage],
 def test_published_ports_are_the_ports_the_services_listen_on(
         services: dict[str, Service], stages: list[Stage],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    defaults = Settings.model_fields
+    defaults = NetworkSettings.model_fields
     for name, port_field in LISTENING_PORT_FIELD.items():
         spec = require_service(services, name)
         settings = settings_of(name, spec, stages, monkeypatch)
-        port = getattr(settings, port_field)
+        port = getattr(settings.network, port_field)
         assert port == defaults[port_field].default, (
             f"service '{name}' listens on {port}, not on the documented default "
             f"{defaults[port_field].default} (PIXPIPE_{port_field.upper()})")
-        assert settings.bind_host == "0.0.0.0", (
-            f"service '{name}' binds {settings.bind_host}; other containers reach it only if "
-            "PIXPIPE_BIND_HOST is 0.0.0.0")
+        assert settings.network.bind_host == "0.0.0.0", (
+            f"service '{name}' binds {settings.network.bind_host}; other containers reach it "
+            "only if PIXPIPE_BIND_HOST is 0.0.0.0")
         containers = [mapping.container for mapping in port_mappings(spec)]
         assert port in containers, (
             f"service '{name}' listens on {port} but publishes container ports {containers}")
@@ -439,16 +440,17 @@ def test_gateway_addresses_point_at_the_grpc_services(
         monkeypatch: pytest.MonkeyPatch) -> None:
     gateway = settings_of("gateway", require_service(services, "gateway"), stages, monkeypatch)
     for variable, address, script, port_field in (
-            ("PIXPIPE_INGEST_ADDRESS", gateway.resolved_ingest_address, "pixpipe-ingest",
-             "ingest_port"),
-            ("PIXPIPE_STATUS_ADDRESS", gateway.resolved_status_address, "pixpipe-notifier",
-             "status_port")):
+            ("PIXPIPE_INGEST_ADDRESS", gateway.network.resolved_ingest_address,
+             "pixpipe-ingest", "ingest_port"),
+            ("PIXPIPE_STATUS_ADDRESS", gateway.network.resolved_status_address,
+             "pixpipe-notifier", "status_port")):
         host, port = _resolve_address(address, services)
         words = command_words(services[host])
         assert words[:1] == [script], (
             f"the gateway's {variable}={address} points at service '{host}', which runs "
             f"{words[:1]} instead of '{script}'")
-        listening = getattr(settings_of(host, services[host], stages, monkeypatch), port_field)
+        listening = getattr(settings_of(host, services[host], stages, monkeypatch).network,
+                            port_field)
         assert port == listening, (
             f"the gateway's {variable}={address} uses port {port}, but '{host}' listens on "
             f"{listening}")
@@ -463,9 +465,9 @@ def test_database_and_nats_urls_point_at_their_services(
                  if "-p" in nats_command else 4222)
     for name in APP_SERVICES:
         settings = settings_of(name, services[name], stages, monkeypatch)
-        assert settings.database_url, (
+        assert settings.storage.database_url, (
             f"service '{name}' has no PIXPIPE_DATABASE_URL; it would use a private SQLite file")
-        database = urlsplit(settings.database_url)
+        database = urlsplit(settings.storage.database_url)
         assert database.scheme.startswith("postgres"), (
             f"service '{name}': PIXPIPE_DATABASE_URL is {database.scheme}, not PostgreSQL")
         assert database.hostname == "postgres" and (database.port or 5432) == 5432, (
@@ -477,9 +479,9 @@ def test_database_and_nats_urls_point_at_their_services(
         assert actual == expected, (
             f"service '{name}': PIXPIPE_DATABASE_URL has user/password/database {actual}, "
             f"but the postgres service creates {expected}")
-        assert settings.nats_url, (
+        assert settings.nats.url, (
             f"service '{name}' has no PIXPIPE_NATS_URL; it would look for an embedded server")
-        for server in settings.nats_url.split(","):
+        for server in settings.nats.url.split(","):
             nats = urlsplit(server.strip())
             assert (nats.hostname, nats.port or 4222) == ("nats", nats_port), (
                 f"service '{name}': PIXPIPE_NATS_URL server {server} is not the 'nats' "
@@ -510,7 +512,7 @@ def test_required_services_have_health_checks(
         if snippet is not None:
             compile(snippet, f"<{name} health check>", "exec")
         if name in LISTENING_PORT_FIELD:
-            port = getattr(settings_of(name, services[name], stages, monkeypatch),
+            port = getattr(settings_of(name, services[name], stages, monkeypatch).network,
                            LISTENING_PORT_FIELD[name])
             assert f":{port}" in " ".join(words), (
                 f"service '{name}' listens on {port}, but its health check probes "
@@ -545,7 +547,7 @@ def test_worker_can_be_scaled(services: dict[str, Service], stages: list[Stage],
     replicas = (worker.get("deploy") or {}).get("replicas")
     assert replicas is None or int(replicas) >= 2, (
         f"service 'worker' runs {replicas} replica; several are expected")
-    grace = settings_of("worker", worker, stages, monkeypatch).shutdown_grace_seconds
+    grace = settings_of("worker", worker, stages, monkeypatch).lifecycle.shutdown_grace_seconds
     stop = duration_seconds(str(worker.get("stop_grace_period", "10s")))
     assert stop > grace, (
         f"service 'worker' is killed {stop:g} s after SIGTERM but gives the jobs in hand "
@@ -586,7 +588,7 @@ def test_dockerfile_builds_a_slim_non_root_image(stages: list[Stage]) -> None:
 def test_dockerfile_exposes_the_service_ports(stages: list[Stage]) -> None:
     exposed = {int(word.split("/")[0]) for argument in stages[-1].arguments("EXPOSE")
                for word in argument.split()}
-    expected = {int(Settings.model_fields[port_field].default)
+    expected = {int(NetworkSettings.model_fields[port_field].default)
                 for port_field in LISTENING_PORT_FIELD.values()}
     assert expected <= exposed, (
         f"the Dockerfile EXPOSEs {sorted(exposed)}; missing {sorted(expected - exposed)}")
@@ -617,7 +619,7 @@ def test_workers_and_gateway_share_the_images_volume_or_bucket(
     declared = set(compose.get("volumes") or {})
     settings = {name: settings_of(name, require_service(services, name), stages, monkeypatch)
                 for name in ("worker", "gateway")}
-    buckets = {name: (each.storage_url, each.s3_endpoint_url)
+    buckets = {name: (each.storage.url, each.storage.s3_endpoint_url)
                for name, each in settings.items()}
     if any(storage_url for storage_url, _ in buckets.values()):
         assert buckets["worker"] == buckets["gateway"], (
@@ -626,7 +628,7 @@ def test_workers_and_gateway_share_the_images_volume_or_bucket(
         return
     sources = {}
     for name in ("worker", "gateway"):
-        images_dir = PurePosixPath(settings[name].images_dir)
+        images_dir = PurePosixPath(settings[name].storage.images_dir)
         mount = _mount_holding(images_dir, services[name])
         assert mount is not None, (
             f"service '{name}' keeps processed images in {images_dir}, which is on no volume: "

@@ -32,8 +32,8 @@ def test_an_install_keeps_its_own_secret_readable_by_its_owner_only(tmp_path: Pa
 
 def test_there_is_no_default_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PIXPIPE_WEBHOOK_SECRET", raising=False)
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    assert settings.webhook_secret is None
+    settings = Settings(_env_file=None)
+    assert settings.webhooks.secret is None
     with pytest.raises(MissingWebhookSecret, match="PIXPIPE_WEBHOOK_SECRET is not set"):
         Notifier(settings)
 

@@ -39,7 +39,7 @@ async def healthz() -> Health:
                       "ready; `not_ready` names it",
                       "content": {"application/json": {"example": examples.NOT_READY}}}})
 async def readyz(settings: AppSettings) -> JSONResponse:
-    readiness = await check_readiness(settings)
+    readiness = await check_readiness(settings.network)
     return JSONResponse(readiness.body(), status_code=200 if readiness.ready else 503)
 
 

@@ -112,7 +112,8 @@ async def events(
 async def output_csv(request_id: RequestId, clients: Clients, settings: AppSettings,
                      ) -> Response:
     call = clients.status.ExportCsv(
-        status_pb2.ExportCsvRequest(request_id=request_id, base_url=settings.public_base_url),
+        status_pb2.ExportCsvRequest(request_id=request_id,
+                                    base_url=settings.network.public_base_url),
         metadata=clients.metadata, timeout=300)
     try:
         # The first chunk settles whether the request is known and finished.

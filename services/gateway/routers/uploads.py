@@ -142,7 +142,7 @@ async def read_upload_form(request: Request, settings: AppSettings,
                            ) -> AsyncIterator[UploadForm]:
     """Reads the multipart body as it arrives, refusing it (413) the moment it passes the limit,
     so nothing larger than the CSV limit is ever spooled."""
-    limit = settings.max_upload_bytes
+    limit = settings.limits.max_upload_bytes
     body_limit = limit + MULTIPART_OVERHEAD_BYTES
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > body_limit:

@@ -58,10 +58,10 @@ def run_keys_command(args: argparse.Namespace, console: Console) -> int:
 
 
 async def _run(args: argparse.Namespace, console: Console) -> int:
-    settings = Settings()
-    if settings.database_url is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)  # the embedded SQLite file
-    database_url = settings.resolved_database_url
+    storage = Settings().storage
+    if storage.database_url is None:
+        storage.data_dir.mkdir(parents=True, exist_ok=True)  # the embedded SQLite file
+    database_url = storage.resolved_database_url
     await asyncio.to_thread(upgrade, database_url)
     engine = create_engine(database_url)
     try:

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from pixpipe.settings import Settings
+from pixpipe.settings import StorageSettings
 
 
 def normalise_database_url(url: str) -> str:
@@ -41,10 +41,10 @@ def create_engine(url: str) -> AsyncEngine:
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
-def engine_from_settings(settings: Settings) -> AsyncEngine:
-    if not settings.database_url:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return create_engine(settings.resolved_database_url)
+def engine_from_settings(storage: StorageSettings) -> AsyncEngine:
+    if not storage.database_url:
+        storage.data_dir.mkdir(parents=True, exist_ok=True)
+    return create_engine(storage.resolved_database_url)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[Any]:

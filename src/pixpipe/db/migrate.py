@@ -31,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Apply pixpipe's database migrations.")
     parser.add_argument("revision", nargs="?", default="head")
     args = parser.parse_args()
-    settings = Settings()
-    if not settings.database_url:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.resolved_database_url, args.revision)
+    storage = Settings().storage
+    if not storage.database_url:
+        storage.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(storage.resolved_database_url, args.revision)

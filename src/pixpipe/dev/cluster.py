@@ -17,14 +17,14 @@ from pixpipe.dev.nats_cluster import nats_cluster
 from pixpipe.dev.seaweedfs import seaweed_s3
 from pixpipe.dev.stack import Stack, run_until_stopped, stop_on_signals
 from pixpipe.dev.webhook_secret import NATS_TOKEN_FILE_NAME, install_nats_token
-from pixpipe.settings import Settings
+from pixpipe.settings import Settings, StorageSettings
 
 
 @contextlib.contextmanager
-def database(settings: Settings) -> Iterator[str]:
+def database(storage: StorageSettings) -> Iterator[str]:
     """PIXPIPE_DATABASE_URL when set; otherwise a PostgreSQL cluster of our own."""
-    if settings.database_url:
-        yield settings.database_url
+    if storage.database_url:
+        yield storage.database_url
         return
     # Its own temporary directory: the postgres user must be able to reach it.
     with throwaway_postgres() as postgres:
@@ -32,9 +32,9 @@ def database(settings: Settings) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def object_storage(settings: Settings, root: Path) -> Iterator[dict[str, str]]:
+def object_storage(storage: StorageSettings, root: Path) -> Iterator[dict[str, str]]:
     """PIXPIPE_STORAGE_URL when set (with the AWS_* of the environment); else a SeaweedFS."""
-    if settings.storage_url:
+    if storage.url:
         yield {}
         return
     with seaweed_s3(root) as server:
@@ -48,11 +48,11 @@ def main() -> None:
     base = Settings()
     stop_requested = stop_on_signals()
     root = Path(tempfile.mkdtemp(prefix="pixpipe-cluster-"))
-    nats_token = base.nats_token or install_nats_token(root)[0]
-    with (nats_cluster(root / "nats", token=nats_token) as cluster, database(base) as url,
-          object_storage(base, root / "s3") as storage):
-        settings = base.model_copy(update={"nats_url": cluster.url, "database_url": url,
-                                           "stream_replicas": 3, "nats_token": nats_token})
+    nats_token = base.nats.token or install_nats_token(root)[0]
+    with (nats_cluster(root / "nats", token=nats_token) as cluster,
+          database(base.storage) as url, object_storage(base.storage, root / "s3") as storage):
+        settings = base.updated(nats_url=cluster.url, database_url=url, stream_replicas=3,
+                                nats_token=nats_token)
         stack = Stack(settings=settings, workers=args.workers, log_dir=root / "logs",
                       environment={"PIXPIPE_NATS_URL": cluster.url,
                                    "PIXPIPE_NATS_TOKEN": nats_token,
@@ -66,9 +66,10 @@ def main() -> None:
                   f"{root / NATS_TOKEN_FILE_NAME})")
         print(f"  PostgreSQL     {url}")
         print(f"  workers        {args.workers}, each with its own data directory")
-        print(f"  object storage {storage.get('PIXPIPE_STORAGE_URL') or settings.storage_url}"
+        print(f"  object storage {storage.get('PIXPIPE_STORAGE_URL') or settings.storage.url}"
               + (f" at {storage['PIXPIPE_S3_ENDPOINT_URL']}" if storage else ""))
-        print(f"  REST gateway   http://{settings.bind_host}:{settings.gateway_port}")
+        network = settings.network
+        print(f"  REST gateway   http://{network.bind_host}:{network.gateway_port}")
         print(f"  logs           {root / 'logs'}")
         print("Press Ctrl-C to stop.", flush=True)
         run_until_stopped(stack, stop_requested)

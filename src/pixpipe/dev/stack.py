@@ -26,7 +26,7 @@ from pixpipe.dev.embedded_nats import (
 )
 from pixpipe.dev.webhook_secret import install_nats_token, install_webhook_secret
 from pixpipe.retry import doubling_delay
-from pixpipe.settings import Settings, codec_processes_per_worker
+from pixpipe.settings import NatsSettings, Settings, codec_processes_per_worker
 
 # How often the stack looks at its processes and, while starting, asks the gateway /readyz.
 _POLL_SECONDS = 0.2
@@ -36,9 +36,9 @@ class StartInterrupted(Exception):
     """Ctrl-C or SIGTERM arrived while the stack was starting."""
 
 
-def embedded_nats_port_is_fixed(settings: Settings) -> bool:
+def embedded_nats_port_is_fixed(nats: NatsSettings) -> bool:
     """Whether PIXPIPE_EMBEDDED_NATS_PORT was given; unset (or 0), the server picks a port."""
-    return "embedded_nats_port" in settings.model_fields_set and settings.embedded_nats_port != 0
+    return "embedded_port" in nats.model_fields_set and nats.embedded_port != 0
 
 
 @dataclass
@@ -70,31 +70,31 @@ class Stack:
     def start(self) -> None:
         """Start every service and return once the gateway's /readyz answers 200."""
         settings = self.settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.environment,
-               "PIXPIPE_DATA_DIR": str(settings.data_dir.resolve())}
-        if not settings.webhook_secret:
+               "PIXPIPE_DATA_DIR": str(settings.storage.data_dir.resolve())}
+        if not settings.webhooks.secret:
             # Never a well-known default: this install's own, kept beside its data.
             self.webhook_secret, self.webhook_secret_file = install_webhook_secret(
-                settings.data_dir)
+                settings.storage.data_dir)
             env["PIXPIPE_WEBHOOK_SECRET"] = self.webhook_secret
         try:
-            if not settings.nats_url:
-                if not settings.nats_token:
-                    self.nats_token, _ = install_nats_token(settings.data_dir)
+            if not settings.nats.url:
+                if not settings.nats.token:
+                    self.nats_token, _ = install_nats_token(settings.storage.data_dir)
                     env["PIXPIPE_NATS_TOKEN"] = self.nats_token
                 self._start_embedded_nats()
                 env["PIXPIPE_NATS_URL"] = self.nats_url
                 env["PIXPIPE_EMBEDDED_NATS_PORT"] = str(self.nats_port)
-            upgrade(settings.resolved_database_url)
-            env["PIXPIPE_DATABASE_URL"] = settings.resolved_database_url
+            upgrade(settings.storage.resolved_database_url)
+            env["PIXPIPE_DATABASE_URL"] = settings.storage.resolved_database_url
             self._spawn("ingest", "pixpipe_services.ingest.main", env)
             self._spawn("notifier", "pixpipe_services.notifier.main", env)
             worker_env = self.worker_environment(env)
             for index in range(self.workers):
                 name = f"worker-{index + 1}"
                 if self.separate_worker_data_dirs:
-                    own = settings.data_dir.resolve() / name
+                    own = settings.storage.data_dir.resolve() / name
                     own.mkdir(exist_ok=True)
                     self._spawn(name, "pixpipe_services.worker.main",
                                 {**worker_env, "PIXPIPE_DATA_DIR": str(own)})
@@ -109,22 +109,23 @@ class Stack:
     @property
     def nats_url(self) -> str:
         """The broker the services use: the configured one, or the embedded server."""
-        if self.settings.nats_url:
-            return self.settings.nats_url
+        if self.settings.nats.url:
+            return self.settings.nats.url
         assert self.nats_port is not None, "the embedded NATS server is not started"
         return f"nats://127.0.0.1:{self.nats_port}"
 
     @property
     def gateway_url(self) -> str:
         # A service bound to every interface is reached on loopback.
+        network = self.settings.network
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(  # noqa: S104  (a lookup, binds nothing)
-            self.settings.bind_host, self.settings.bind_host)
-        return f"http://{f'[{host}]' if ':' in host else host}:{self.settings.gateway_port}"
+            network.bind_host, network.bind_host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{network.gateway_port}"
 
     def wait_until_ready(self, timeout: float | None = None) -> None:
         """Wait for the gateway's /readyz to answer 200; fail if a service exits first."""
         # The services themselves wait this long for JetStream before they give up.
-        timeout = timeout or self.settings.nats_startup_wait_seconds + 30.0
+        timeout = timeout or self.settings.nats.startup_wait_seconds + 30.0
         deadline = time.monotonic() + timeout
         answer = "no answer yet"
         with httpx.Client(timeout=5.0) as client:
@@ -149,7 +150,8 @@ class Stack:
     def worker_environment(self, env: dict[str, str]) -> dict[str, str]:
         """The workers share this machine's cores: each is told how many Pillow processes to
         run unless PIXPIPE_CODEC_PROCESSES says."""
-        share = codec_processes_per_worker(self.settings, workers_on_this_machine=self.workers)
+        share = codec_processes_per_worker(self.settings.codec,
+                                           workers_on_this_machine=self.workers)
         return {**env, "PIXPIPE_CODEC_PROCESSES": str(share)}
 
     def _log_path(self, name: str) -> Path | None:
@@ -159,10 +161,10 @@ class Stack:
         return self.log_dir / f"{name}.log"
 
     def _start_embedded_nats(self) -> None:
-        store_dir = self.settings.data_dir / "jetstream"
-        port = self.nats_port or (self.settings.embedded_nats_port
-                                  if embedded_nats_port_is_fixed(self.settings) else None)
-        token = token_arguments(self.settings.nats_token or self.nats_token)
+        store_dir = self.settings.storage.data_dir / "jetstream"
+        port = self.nats_port or (self.settings.nats.embedded_port
+                                  if embedded_nats_port_is_fixed(self.settings.nats) else None)
+        token = token_arguments(self.settings.nats.token or self.nats_token)
         if port is None:
             # A NATS server of some other project may well hold 4222 on this machine.
             process, port = start_nats_server_on_free_port(
@@ -176,10 +178,11 @@ class Stack:
 
     def _spawn(self, name: str, module: str, env: dict[str, str]) -> None:
         self._launches[name] = (module, env)
-        if self.settings.metrics_port and name != "gateway":
+        metrics_port = self.settings.observability.metrics_port
+        if metrics_port and name != "gateway":
             # One host, several processes: each gets the next port after the configured one.
             offset = list(self._launches).index(name)
-            env = {**env, "PIXPIPE_METRICS_PORT": str(self.settings.metrics_port + offset)}
+            env = {**env, "PIXPIPE_METRICS_PORT": str(metrics_port + offset)}
         if threading.current_thread() is threading.main_thread():
             # The service stops if the stack dies. The kernel signals when the *thread* that
             # started a child ends, and only the main thread lives as long as the process.
@@ -323,11 +326,12 @@ def run_until_stopped(stack: Stack, stop_requested: Callable[[], bool],
 
 def occupied_ports(settings: Settings) -> list[str]:
     """The ports the stack would listen on that something else already holds."""
-    wanted = {"PIXPIPE_INGEST_PORT": (settings.bind_host, settings.ingest_port),
-              "PIXPIPE_STATUS_PORT": (settings.bind_host, settings.status_port),
-              "PIXPIPE_GATEWAY_PORT": (settings.bind_host, settings.gateway_port)}
-    if not settings.nats_url and embedded_nats_port_is_fixed(settings):
-        wanted["PIXPIPE_EMBEDDED_NATS_PORT"] = ("127.0.0.1", settings.embedded_nats_port)
+    network = settings.network
+    wanted = {"PIXPIPE_INGEST_PORT": (network.bind_host, network.ingest_port),
+              "PIXPIPE_STATUS_PORT": (network.bind_host, network.status_port),
+              "PIXPIPE_GATEWAY_PORT": (network.bind_host, network.gateway_port)}
+    if not settings.nats.url and embedded_nats_port_is_fixed(settings.nats):
+        wanted["PIXPIPE_EMBEDDED_NATS_PORT"] = ("127.0.0.1", settings.nats.embedded_port)
     busy = []
     for variable, (host, port) in wanted.items():
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
@@ -361,15 +365,15 @@ def main() -> None:
     except (RuntimeError, TimeoutError, OSError) as error:
         print(f"pixpipe failed to start: {error}", file=sys.stderr)
         raise SystemExit(1) from None
-    host = settings.bind_host
+    host = settings.network.bind_host
     print("pixpipe is running:", flush=True)
-    print(f"  REST gateway   http://{host}:{settings.gateway_port}  (docs: /docs, "
+    print(f"  REST gateway   http://{host}:{settings.network.gateway_port}  (docs: /docs, "
           "readiness: /readyz)")
-    print(f"  ingest gRPC    {host}:{settings.ingest_port}")
-    print(f"  status gRPC    {host}:{settings.status_port}")
+    print(f"  ingest gRPC    {host}:{settings.network.ingest_port}")
+    print(f"  status gRPC    {host}:{settings.network.status_port}")
     token_note = "  (token required: kept in the data dir)" if stack.nats_token else ""
     print(f"  NATS           {stack.nats_url}{token_note}")
-    print(f"  database       {settings.resolved_database_url}")
+    print(f"  database       {settings.storage.resolved_database_url}")
     print(f"  workers        {args.workers}")
     if stack.webhook_secret_file is not None:
         print(f"  webhook secret {stack.webhook_secret}  (kept in {stack.webhook_secret_file})")
