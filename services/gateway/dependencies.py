@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from pixpipe import tracing
 from pixpipe.client import PixpipeClient
 from pixpipe.settings import Settings
 from pixpipe.v1 import ingest_pb2_grpc, status_pb2_grpc
@@ -38,11 +39,17 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
 
 @dataclass(frozen=True)
 class CallerClients:
-    """The gRPC stubs, with the metadata this caller's calls carry."""
+    """The gRPC stubs, with the credentials this caller's calls carry."""
 
     ingest: ingest_pb2_grpc.IngestServiceAsyncStub
     status: status_pb2_grpc.StatusServiceAsyncStub
-    metadata: tuple[tuple[str, str], ...]
+    credentials: tuple[tuple[str, str], ...]
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The credentials, and with tracing on the current span's context: FastAPI's span
+        for the HTTP request (its native telemetry) goes on in the services called."""
+        return self.credentials + tuple(tracing.trace_headers().items())
 
 
 def get_clients(request: Request, settings: AppSettings,
@@ -55,7 +62,7 @@ def get_clients(request: Request, settings: AppSettings,
     metadata = clients.metadata
     if settings.auth.api_keys and credentials is not None:
         metadata = (("authorization", f"Bearer {credentials.credentials}"),)
-    return CallerClients(ingest=clients.ingest, status=clients.status, metadata=metadata)
+    return CallerClients(ingest=clients.ingest, status=clients.status, credentials=metadata)
 
 
 Clients = Annotated[CallerClients, Depends(get_clients)]

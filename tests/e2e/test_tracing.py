@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.support.http_server import CorpusHttpServer
@@ -138,3 +139,32 @@ async def test_a_request_is_one_trace_from_upload_to_webhook(
     assert ancestors(delivered) == ["request completed", "process image", UPLOAD]
     assert delivered["attributes"]["pixpipe.outcome"] == "delivered"
     assert delivered["attributes"]["http.response.status_code"] == 200
+
+
+async def test_a_rest_upload_goes_on_from_the_callers_trace(
+        traced_stack: RunningStack, corpus_server: CorpusHttpServer,
+        corpus_dir: Path) -> None:
+    trace_id, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    async with httpx.AsyncClient(base_url=traced_stack.gateway_url, timeout=60) as rest:
+        answer = await rest.post(
+            "/upload/", headers={"traceparent": f"00-{trace_id}-{caller_span}-01"},
+            files={"file": ("p.csv", products_csv(corpus_dir, corpus_server.port))})
+    assert answer.status_code == 200, answer.text
+    request_id = answer.json()["request_id"]
+    await wait_until_terminal(traced_stack.status_address, request_id)
+
+    spans = await wait_for_spans(traced_stack, lambda spans: bool(
+        of_request(spans, request_id, UPLOAD) and of_request(spans, request_id,
+                                                             "process image")))
+    (uploaded,) = of_request(spans, request_id, UPLOAD)
+    by_id = {span["context"]["span_id"]: span for span in spans}
+    # FastAPI's own telemetry: its span for the HTTP request, with the endpoint's under it.
+    endpoint = by_id[uploaded["parent_id"]]
+    posted = by_id[endpoint["parent_id"]]
+    assert {service(endpoint), service(posted)} == {"pixpipe-gateway"}
+    assert posted["kind"] == "SpanKind.SERVER" and posted["name"].startswith("POST /upload")
+    assert posted["parent_id"] == f"0x{caller_span}"
+    assert {span["context"]["trace_id"] for span in (posted, endpoint, uploaded)} == \
+        {f"0x{trace_id}"}
+    assert all(job["context"]["trace_id"] == f"0x{trace_id}"
+               for job in of_request(spans, request_id, "process image"))
