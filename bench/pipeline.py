@@ -170,7 +170,8 @@ def bench_settings(data_dir: Path) -> tuple[Settings, dict[str, str]]:
     }
     # Other PIXPIPE_* variables in the environment still apply, as they do for `make run`.
     settings = Settings(**{key.removeprefix("PIXPIPE_").lower(): value
-                           for key, value in overrides.items()})
+                           for key, value in overrides.items()
+                           if key.startswith("PIXPIPE_")})
     return settings, overrides
 
 

@@ -347,7 +347,9 @@ class Settings(BaseSettings):
     the environment for configuration.
     """
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+    # A keyword argument that names no setting is refused, not ignored: a misspelt one
+    # would otherwise leave its setting at the default without a word.
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)

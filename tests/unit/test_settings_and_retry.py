@@ -163,6 +163,17 @@ def test_an_invalid_variable_is_named_in_the_error(
         Settings(storage_url="/var/images")
 
 
+def test_a_misspelt_keyword_is_refused_and_unknown_variables_are_left_alone(
+        clean_environment: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValidationError, match="fetch_timout_seconds"):
+        Settings(fetch_timout_seconds=5)
+    with pytest.raises(ValidationError, match="timout_seconds"):
+        Settings(fetch={"timout_seconds": 5})
+    # Other tools' PIXPIPE_* variables (the test suite's own, for one) are not settings.
+    clean_environment.setenv("PIXPIPE_TEST_DATABASE_URL", "postgresql://elsewhere/test")
+    assert Settings(fetch_timeout_seconds=5).fetch.timeout_seconds == 5
+
+
 def test_updated_changes_only_what_it_names(clean_environment: pytest.MonkeyPatch) -> None:
     settings = Settings(embedded_nats_port=4333, max_redirects=2)
     copy = settings.updated(nats_url="nats://elsewhere:4222", database_url="sqlite://")
