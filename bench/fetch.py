@@ -24,7 +24,8 @@ import pixpipe
 from bench.corpus import Photo, corpus_dir, serving
 from bench.harness import console
 from pixpipe.errors import FetchError
-from pixpipe.fetcher import FetchPolicy, SafeFetcher
+from pixpipe.fetcher import SafeFetcher
+from pixpipe.settings import FetchSettings
 
 CONCURRENCY = 8
 
@@ -79,7 +80,7 @@ async def _concurrent(fetcher: SafeFetcher, urls: list[str]) -> None:
 async def _measure(scenario: str, run: Callable[[SafeFetcher, list[str]], Awaitable[None]],
                    urls: list[str]) -> Figure:
     # A loopback origin stands in for a public one; its address is still checked.
-    async with SafeFetcher(FetchPolicy(), is_address_allowed=lambda ip: ip.is_loopback) as f:
+    async with SafeFetcher(FetchSettings(), is_address_allowed=lambda ip: ip.is_loopback) as f:
         await run(f, urls[:CONCURRENCY])  # connections open, code warm
         started, cpu_started = time.perf_counter(), time.thread_time()
         await run(f, urls)

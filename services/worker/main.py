@@ -34,7 +34,7 @@ async def work(settings: Settings, stop: asyncio.Event) -> None:
     # Alone on its machine unless told otherwise (make run tells it its share of the cores).
     codec = CodecPool.from_settings(
         settings.codec, codec_processes_per_worker(settings.codec, workers_on_this_machine=1))
-    fetcher = SafeFetcher.from_settings(settings.fetch)
+    fetcher = SafeFetcher(settings.fetch)
     store = store_from_settings(settings.storage)
     reuse = (OutputReuse(ReuseIndex(engine, repository.writes), store, nats=bus.client)
              if settings.storage.reuse_outputs else None)

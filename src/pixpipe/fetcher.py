@@ -8,7 +8,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import Self
 
 import httpx
 
@@ -20,9 +20,7 @@ from pixpipe.net_policy import (
     is_public_address,
 )
 from pixpipe.safe_transport import guarded_transport
-
-if TYPE_CHECKING:
-    from pixpipe.settings import FetchSettings
+from pixpipe.settings import FetchSettings
 
 logger = logging.getLogger(__name__)
 
@@ -31,18 +29,6 @@ _NON_IMAGE_TOP_LEVEL = frozenset({"text", "audio", "video", "font", "multipart",
 _NON_IMAGE_APPLICATION = frozenset(
     {"json", "xml", "javascript", "ecmascript", "pdf", "xhtml+xml", "zip", "gzip"}
 )
-
-
-@dataclass(frozen=True)
-class FetchPolicy:
-    """Limits for one fetcher; ``timeout_seconds`` covers a whole download with redirects."""
-
-    allow_private_networks: bool = False
-    timeout_seconds: float = 30.0
-    connect_timeout_seconds: float = 10.0
-    max_bytes: int = 50 * 1024 * 1024
-    max_redirects: int = 5
-    user_agent: str = "pixpipe/0.1"
 
 
 @dataclass(frozen=True)
@@ -72,7 +58,7 @@ class SafeFetcher:
 
     def __init__(
         self,
-        policy: FetchPolicy,
+        policy: FetchSettings,
         *,
         is_address_allowed: Callable[[IPAddress], bool] = is_public_address,
     ) -> None:
@@ -90,19 +76,6 @@ class SafeFetcher:
         # transport only bounds the connect phase so a dead host fails fast.
         self._timeouts = {"connect": policy.connect_timeout_seconds, "read": None,
                           "write": None, "pool": None}
-
-    @classmethod
-    def from_settings(cls, fetch: FetchSettings) -> SafeFetcher:
-        return cls(
-            FetchPolicy(
-                allow_private_networks=fetch.allow_private_networks,
-                timeout_seconds=fetch.timeout_seconds,
-                connect_timeout_seconds=fetch.connect_timeout_seconds,
-                max_bytes=fetch.max_image_bytes,
-                max_redirects=fetch.max_redirects,
-                user_agent=fetch.user_agent,
-            )
-        )
 
     async def __aenter__(self) -> Self:
         return self
@@ -166,7 +139,7 @@ class SafeFetcher:
         content_type = _media_type(response.headers.get("Content-Type"))
         if content_type is not None and not _may_be_image(content_type):
             raise FetchError(f"not an image (content type {content_type})", transient=False)
-        limit = self._policy.max_bytes
+        limit = self._policy.max_image_bytes
         too_large = FetchError(f"image larger than {_format_size(limit)}", transient=False)
         declared = response.headers.get("Content-Length")
         if declared is not None and declared.strip().isdigit() and int(declared) > limit:

@@ -29,6 +29,9 @@ from pixpipe.domain import Effort, EncodedFormat
 
 ENV_PREFIX = "PIXPIPE_"
 
+# Where spans go (pixpipe.tracing): nowhere, standard output, or an OTLP collector.
+TracingExporter = Literal["off", "console", "otlp"]
+
 # A list of delays in seconds; NoDecode lets "1,5,15" through to our own parser below.
 Schedule = Annotated[list[float], NoDecode]
 
@@ -331,7 +334,7 @@ class ObservabilitySettings(_Group):
                                                 "JSON object per log line, for collectors.")
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Port of this "
                               "process's Prometheus /metrics; 0 turns it off.")
-    tracing: Literal["off", "console", "otlp"] = Field(default="off", description="Where "
+    tracing: TracingExporter = Field(default="off", description="Where "
                                                        "OpenTelemetry spans go: nowhere, "
                                                        "standard output (a JSON line "
                                                        "each), or an OTLP exporter "

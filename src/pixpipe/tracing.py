@@ -33,9 +33,10 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
     from opentelemetry.util.types import AttributeValue
 
+    from pixpipe.settings import TracingExporter
+
 log = logging.getLogger(__name__)
 
-TracingExporter = Literal["off", "console", "otlp"]
 SpanKindName = Literal["internal", "server", "client", "producer", "consumer"]
 TRACER_NAME = "pixpipe"
 

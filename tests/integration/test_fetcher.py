@@ -15,16 +15,16 @@ import pytest
 import trustme
 
 from pixpipe.errors import FetchError
-from pixpipe.fetcher import FetchPolicy, SafeFetcher
+from pixpipe.fetcher import SafeFetcher
 from pixpipe.net_policy import IPAddress
 from pixpipe.safe_transport import guarded_transport
-from pixpipe.settings import Settings
+from pixpipe.settings import FetchSettings, Settings
 from tests.support.http_server import CorpusHttpServer, Exchange
 from tests.support.paths import corpus_root
 
 CORPUS = corpus_root()
 ROCKET = CORPUS / "photos" / "rocket.jpg"
-LOOPBACK_OPEN = FetchPolicy(allow_private_networks=True, timeout_seconds=10.0)
+LOOPBACK_OPEN = FetchSettings(allow_private_networks=True, timeout_seconds=10.0)
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ async def test_fetches_corpus_images_byte_for_byte(
 
 
 async def test_sends_the_configured_user_agent(server: CorpusHttpServer) -> None:
-    async with SafeFetcher(FetchPolicy(allow_private_networks=True, user_agent="ua-test/1")) as f:
+    async with SafeFetcher(FetchSettings(allow_private_networks=True, user_agent="ua-test/1")) as f:
         await f.fetch(server.url("photos/rocket.jpg"))
     assert server.requests[-1].headers["User-Agent"] == "ua-test/1"
 
@@ -92,16 +92,16 @@ async def test_concurrent_fetches_share_one_client(
     assert [len(i.content) for i in images] == [len(i.content) for i in images[:3]] * 3
 
 
-async def test_from_settings_uses_the_fetch_settings(server: CorpusHttpServer) -> None:
+async def test_the_fetch_settings_set_its_limits_and_user_agent(server: CorpusHttpServer) -> None:
     settings = Settings(allow_private_networks=True, max_image_bytes=1024, user_agent="s/1")
-    async with SafeFetcher.from_settings(settings.fetch) as f:
+    async with SafeFetcher(settings.fetch) as f:
         error = await fetch_error(f, server.url("photos/rocket.jpg"))
     assert error.reason == "image larger than 1 KB"
     assert server.requests[-1].headers["User-Agent"] == "s/1"
 
 
 async def test_loopback_is_refused_by_default(server: CorpusHttpServer) -> None:
-    async with SafeFetcher(FetchPolicy()) as f:
+    async with SafeFetcher(FetchSettings()) as f:
         error = await fetch_error(f, server.url("photos/rocket.jpg"))
     assert (error.reason, error.transient) == ("source address not allowed", False)
     assert server.requests == []  # refused before connecting
@@ -111,7 +111,7 @@ async def test_host_name_is_kept_while_the_checked_address_is_used(
     server: CorpusHttpServer,
 ) -> None:
     url = f"http://localhost:{server.port}/photos/rocket.jpg"
-    async with SafeFetcher(FetchPolicy(), is_address_allowed=lambda ip: ip.is_loopback) as f:
+    async with SafeFetcher(FetchSettings(), is_address_allowed=lambda ip: ip.is_loopback) as f:
         image = await f.fetch(url)
     assert image.content == ROCKET.read_bytes()
     assert server.requests[-1].headers["Host"] == f"localhost:{server.port}"
@@ -144,7 +144,7 @@ async def test_six_redirects_are_too_many(server: CorpusHttpServer, fetcher: Saf
 async def test_redirect_to_a_refused_address_is_blocked(server: CorpusHttpServer) -> None:
     # 127.0.0.2 is loopback too; the checker treats it as the private network behind the host.
     start = server.redirect("/start", f"http://127.0.0.2:{server.port}/photos/rocket.jpg")
-    async with SafeFetcher(FetchPolicy(), is_address_allowed=only_127_0_0_1) as f:
+    async with SafeFetcher(FetchSettings(), is_address_allowed=only_127_0_0_1) as f:
         assert (await f.fetch(server.url("photos/rocket.jpg"))).content == ROCKET.read_bytes()
         error = await fetch_error(f, start)
     assert (error.reason, error.transient) == ("source address not allowed", False)
@@ -178,7 +178,7 @@ async def test_invalid_urls_are_refused_without_a_request(fetcher: SafeFetcher, 
 
 
 async def test_declared_length_over_the_limit_is_refused(server: CorpusHttpServer) -> None:
-    policy = FetchPolicy(allow_private_networks=True, max_bytes=100 * 1024)
+    policy = FetchSettings(allow_private_networks=True, max_image_bytes=100 * 1024)
     async with SafeFetcher(policy) as f:
         error = await fetch_error(f, server.url("photos/rocket.jpg"))  # 112,525 bytes
     assert (error.reason, error.transient) == ("image larger than 100 KB", False)
@@ -193,21 +193,22 @@ async def test_streamed_body_over_the_limit_is_cut_off(server: CorpusHttpServer)
             yield b"\xff" * 65536
 
     url = server.stream("/huge", endless)
-    async with SafeFetcher(FetchPolicy(allow_private_networks=True, max_bytes=1024 * 1024)) as f:
+    fetch = FetchSettings(allow_private_networks=True, max_image_bytes=1024 * 1024)
+    async with SafeFetcher(fetch) as f:
         error = await fetch_error(f, url)
     assert (error.reason, error.transient) == ("image larger than 1 MB", False)
     assert len(sent) < 1000
 
 
 async def test_odd_limits_are_reported_in_bytes(server: CorpusHttpServer) -> None:
-    async with SafeFetcher(FetchPolicy(allow_private_networks=True, max_bytes=1000)) as f:
+    async with SafeFetcher(FetchSettings(allow_private_networks=True, max_image_bytes=1000)) as f:
         error = await fetch_error(f, server.url("photos/rocket.jpg"))
     assert error.reason == "image larger than 1000 bytes"
 
 
 async def test_body_of_exactly_the_limit_is_accepted(server: CorpusHttpServer) -> None:
     size = ROCKET.stat().st_size
-    async with SafeFetcher(FetchPolicy(allow_private_networks=True, max_bytes=size)) as f:
+    async with SafeFetcher(FetchSettings(allow_private_networks=True, max_image_bytes=size)) as f:
         assert len((await f.fetch(server.url("photos/rocket.jpg"))).content) == size
 
 
@@ -219,7 +220,8 @@ async def test_hanging_source_times_out(
     server: CorpusHttpServer, after_headers: bool, seconds: float, reason: str
 ) -> None:
     url = server.hang("/hang", after_headers=after_headers)
-    async with SafeFetcher(FetchPolicy(allow_private_networks=True, timeout_seconds=seconds)) as f:
+    fetch = FetchSettings(allow_private_networks=True, timeout_seconds=seconds)
+    async with SafeFetcher(fetch) as f:
         error = await fetch_error(f, url)
     assert (error.reason, error.transient) == (reason, True)
 
@@ -227,7 +229,7 @@ async def test_hanging_source_times_out(
 async def test_timeout_covers_the_whole_redirect_chain(server: CorpusHttpServer) -> None:
     server.redirect("/slow-start", "/slow-end")
     server.hang("/slow-end")
-    async with SafeFetcher(FetchPolicy(allow_private_networks=True, timeout_seconds=0.5)) as f:
+    async with SafeFetcher(FetchSettings(allow_private_networks=True, timeout_seconds=0.5)) as f:
         error = await fetch_error(f, server.url("/slow-start"))
     assert error.reason == "timed out after 0.5 s"
 
@@ -327,7 +329,7 @@ async def test_server_stops_cleanly_with_parked_and_idle_connections() -> None:
     before = set(threading.enumerate())
     with CorpusHttpServer(CORPUS) as server:
         url = server.hang("/hang")
-        policy = FetchPolicy(allow_private_networks=True, timeout_seconds=0.2)
+        policy = FetchSettings(allow_private_networks=True, timeout_seconds=0.2)
         async with SafeFetcher(policy) as f:
             await f.fetch(server.url("photos/rocket.jpg"))  # leaves a keep-alive connection
             with pytest.raises(FetchError):
@@ -387,7 +389,8 @@ async def test_a_download_refused_midway_does_not_hand_its_connection_on(
 ) -> None:
     # The unread rest of the refused body would otherwise be taken for the next answer.
     small, ports = counted(server, "/small.jpg", b"\xff\xd8\xff" * 100)
-    async with SafeFetcher(FetchPolicy(allow_private_networks=True, max_bytes=100 * 1024)) as f:
+    fetch = FetchSettings(allow_private_networks=True, max_image_bytes=100 * 1024)
+    async with SafeFetcher(fetch) as f:
         await f.fetch(small)
         error = await fetch_error(f, server.url("/photos/rocket.jpg"))
         assert error.reason == "image larger than 100 KB"
@@ -420,7 +423,7 @@ async def test_the_address_checked_is_the_address_connected_to(
         private.bind(("127.0.0.2", server.port))
         private.listen()
         private.setblocking(False)
-        async with SafeFetcher(FetchPolicy(), is_address_allowed=only_127_0_0_1) as f:
+        async with SafeFetcher(FetchSettings(), is_address_allowed=only_127_0_0_1) as f:
             image = await f.fetch(f"http://rebind.test:{server.port}/photos/rocket.jpg")
         assert image.content == ROCKET.read_bytes()
         with pytest.raises(BlockingIOError):
