@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Protocol
@@ -78,17 +78,69 @@ class ImageStore:
             return False
         finally:
             temporary.unlink(missing_ok=True)  # gone already after a successful rename
+        _discard_abandoned_partial(target)
         return True
 
     @staticmethod
     def _write_atomically(target: Path, data: bytes) -> None:
-        # Write beside the target and rename, so a reader or a crash never sees half a file.
+        """Write beside the target and rename, so a reader never sees half a file.
+
+        The file beside it has one name per target, held under a lock while written: a
+        writer killed half way leaves it behind unlocked, and the job's next attempt takes
+        it over instead of leaving litter beside every output a crash interrupted.
+        """
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        partial = _partial_path(target)
+        fd = _open_locked(partial)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(temporary, target)
+            os.ftruncate(fd, 0)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.replace(partial, target)
         except BaseException:
-            Path(temporary).unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)  # still ours: the lock is held
             raise
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def _partial_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.partial")
+
+
+def _open_locked(path: Path) -> int:
+    """Open (or create) ``path`` and hold an exclusive lock on the file that is still there.
+
+    A writer that waited for the lock may find the file it opened already renamed into
+    place by the one before it; it then starts again on a fresh file of that name.
+    """
+    while True:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _discard_abandoned_partial(target: Path) -> None:
+    """Remove what a killed writer left beside ``target``, unless someone writes it now."""
+    partial = _partial_path(target)
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.stat(partial).st_ino == os.fstat(fd).st_ino:
+            partial.unlink()
+    except (BlockingIOError, FileNotFoundError):
+        pass  # being written, or already gone
+    finally:
+        os.close(fd)
