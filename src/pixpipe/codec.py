@@ -13,6 +13,7 @@ from typing import Any
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from pixpipe.auto_quality import search_quality, tile_score
+from pixpipe.colour_profiles import restates_srgb
 from pixpipe.domain import Effort, EncodedFormat, OutputFormat
 from pixpipe.errors import DecodeError
 from pixpipe.format_choice import choose_format
@@ -117,6 +118,11 @@ def transform_image(source: bytes, options: TransformOptions) -> TransformResult
             picture = picture.resize(target, resample, reducing_gap=2.0)
         if icc and not _profile_fits(icc, picture.mode):
             icc = None
+        # max is the smallest file: a profile restating sRGB is ~3 KB no viewer needs.
+        # The other efforts keep every usable profile, as they always have.
+        drop_srgb = options.effort == "max" and icc is not None and restates_srgb(icc)
+        if drop_srgb:
+            icc = None
         quality, score = options.quality, None
         if options.format == "auto":
             choice = choose_format(picture, options.target_score, options.quality,
@@ -135,7 +141,8 @@ def transform_image(source: bytes, options: TransformOptions) -> TransformResult
     # size the original is then the better answer, with its metadata taken out.
     kept = False
     if fmt == source_format and target == upright:
-        original = _without_metadata(source, fmt, profile, orientation, has_metadata)
+        original = _without_metadata(source, fmt, None if drop_srgb else profile,
+                                     orientation, has_metadata)
         if original is not None and len(original) <= len(data):
             data, kept = original, True
     return TransformResult(
