@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,15 @@ def test_writes_to_one_name_one_after_another_each_land_whole(tmp_path: Path,
     store.write("r1/a.jpg", photo[:1000])
     assert (tmp_path / "r1" / "a.jpg").read_bytes() == photo[:1000]
     assert listing(tmp_path / "r1") == ["a.jpg"]
+
+
+def test_writers_racing_for_one_name_leave_one_whole_file(tmp_path: Path,
+                                                          photo: bytes) -> None:
+    # A job redelivered while its first attempt still writes: both write the same name.
+    store = ImageStore(tmp_path)
+    payloads = [photo[: len(photo) - step * 4096] for step in range(8)]
+    with ThreadPoolExecutor(max_workers=len(payloads)) as pool:
+        for _ in range(20):
+            list(pool.map(lambda data: store.write("r1/a.jpg", data), payloads))
+            assert (tmp_path / "r1" / "a.jpg").read_bytes() in payloads
+            assert listing(tmp_path / "r1") == ["a.jpg"]
