@@ -64,16 +64,29 @@ _LINEAR = _srgb_to_linear(np.arange(256, dtype=np.float32) / np.float32(255.0))
 
 
 def _linear(im: Image.Image) -> Array:
-    linear: Array = _LINEAR[np.asarray(im.convert("RGB"))]
+    """Channel-first (3, height, width) linear RGB."""
+    pixels = np.ascontiguousarray(np.asarray(im.convert("RGB")).transpose(2, 0, 1))
+    linear: Array = _LINEAR[pixels]
     return linear
 
 
 def _xyb(linear: Array) -> Array:
-    """Channel-first (3, height, width) positive XYB planes of linear RGB pixels."""
-    mixed = np.cbrt(np.maximum(linear @ _OPSIN.T + _BIAS, 0.0)) - _CBRT_BIAS
-    x = 0.5 * (mixed[..., 0] - mixed[..., 1])
-    y = 0.5 * (mixed[..., 0] + mixed[..., 1])
-    return np.stack([x * 14.0 + 0.42, y + 0.01, mixed[..., 2] - y + 0.55])
+    """Channel-first (3, height, width) positive XYB planes of linear RGB planes."""
+    mixed: Array = np.tensordot(_OPSIN, linear, axes=1)
+    mixed += _BIAS[:, None, None]
+    np.maximum(mixed, 0.0, out=mixed)
+    np.cbrt(mixed, out=mixed)
+    mixed -= _CBRT_BIAS[:, None, None]
+    xyb = np.empty_like(mixed)
+    np.subtract(mixed[0], mixed[1], out=xyb[0])
+    xyb[0] *= 7.0  # 14 times half the difference
+    xyb[0] += 0.42
+    np.add(mixed[0], mixed[1], out=xyb[1])
+    xyb[1] *= 0.5
+    np.subtract(mixed[2], xyb[1], out=xyb[2])
+    xyb[2] += 0.55
+    xyb[1] += 0.01
+    return xyb
 
 
 def _blur(planes: Array) -> Array:
@@ -110,9 +123,12 @@ def _edges(source: Array, mu1: Array, distorted: Array, mu2: Array) -> NDArray[n
 
 
 def _halve(linear: Array) -> Array:
-    height, width = linear.shape[0] // 2 * 2, linear.shape[1] // 2 * 2
-    trimmed = linear[:height, :width]
-    halved: Array = trimmed.reshape(height // 2, 2, width // 2, 2, 3).mean(axis=(1, 3))
+    """Each 2×2 block's mean (an odd last row or column is dropped)."""
+    height, width = linear.shape[1] // 2 * 2, linear.shape[2] // 2 * 2
+    halved: Array = linear[:, 0:height:2, 0:width:2] + linear[:, 1:height:2, 0:width:2]
+    halved += linear[:, 0:height:2, 1:width:2]
+    halved += linear[:, 1:height:2, 1:width:2]
+    halved *= 0.25
     return halved
 
 
@@ -124,7 +140,7 @@ class ScoreReference:
         self._scales: list[tuple[Array, Array, Array]] = []
         linear = _linear(source)
         for _ in range(_SCALES):
-            if min(linear.shape[:2]) < 8:
+            if min(linear.shape[1:]) < 8:
                 break
             xyb = _xyb(linear)
             self._scales.append((xyb, _blur(xyb), _blur(xyb * xyb)))
