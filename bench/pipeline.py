@@ -105,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def transform_options(encoding: EncodingSettings) -> TransformOptions:
     """What a worker passes to the codec for an upload without options."""
     return TransformOptions(quality=encoding.default_quality, format=encoding.default_format,
-                            max_pixels=encoding.max_image_pixels)
+                            effort=encoding.default_effort, max_pixels=encoding.max_image_pixels)
 
 
 class RawPillow:
