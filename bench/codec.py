@@ -77,10 +77,7 @@ class Outcome:
 
 @contextmanager
 def legacy_encoder(params: dict[str, Any] | None) -> Iterator[None]:
-    """Swap the codec's JPEG encoder for plain Pillow with ``params`` (before effort).
-
-    The systems before effort also kept every colour profile, sRGB restatements included.
-    """
+    """Swap the codec's JPEG encoder for plain Pillow with ``params`` (before effort)."""
     if params is None:
         yield
         return
@@ -91,8 +88,7 @@ def legacy_encoder(params: dict[str, Any] | None) -> Iterator[None]:
         im.save(out, "JPEG", quality=quality, **params, **extra)
         return out.getvalue()
 
-    with patch.object(codec, "encode_jpeg", encode), \
-            patch.object(codec, "restates_srgb", lambda icc: False):
+    with patch.object(codec, "encode_jpeg", encode):
         yield
 
 

@@ -35,7 +35,7 @@ from pixpipe.storage import OutputStore
 log = logging.getLogger(__name__)
 
 # Bump when transform_image can produce other bytes for the same source and options.
-CODEC_REVISION = 2  # 2: sRGB restatements left out at every effort
+CODEC_REVISION = 2  # 2: max without sRGB restatements; the faster quality score
 # A worker refreshes its claim this often while it encodes, so a claim older than
 # CLAIM_STALE belongs to a worker that died mid-encode and another may take it over. Short,
 # because every worker holding a job of the same source waits that long for a dead claim

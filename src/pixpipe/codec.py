@@ -118,9 +118,9 @@ def transform_image(source: bytes, options: TransformOptions) -> TransformResult
             picture = picture.resize(target, resample, reducing_gap=2.0)
         if icc and not _profile_fits(icc, picture.mode):
             icc = None
-        # A picture without a profile is shown as sRGB, so a profile restating sRGB is
-        # ~3 KB no viewer needs: a fifth of a thumbnail. Every other profile stays.
-        drop_srgb = icc is not None and restates_srgb(icc)
+        # max is the smallest file: a profile restating sRGB is ~3 KB no viewer needs.
+        # The other efforts keep every usable profile, as they always have.
+        drop_srgb = options.effort == "max" and icc is not None and restates_srgb(icc)
         if drop_srgb:
             icc = None
         quality, score = options.quality, None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from io import BytesIO
-from pathlib import Path
 
 from PIL import Image, ImageChops, ImageStat
 
@@ -19,11 +18,3 @@ def mean_difference(a: Image.Image, b: Image.Image) -> float:
     """Mean absolute difference per channel value, 0-255."""
     diff = ImageChops.difference(a.convert("RGB"), b.convert("RGB"))
     return sum(ImageStat.Stat(diff).mean) / 3
-
-
-def embedded_profile(path: Path) -> bytes:
-    """The colour profile embedded in the image file at ``path``."""
-    with Image.open(path) as image:
-        profile = image.info["icc_profile"]
-    assert isinstance(profile, bytes)
-    return profile

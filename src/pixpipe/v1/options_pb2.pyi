@@ -60,7 +60,7 @@ class _EffortEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Effort.ValueTy
     EFFORT_BALANCED: _Effort.ValueType  # 2
     """mozjpeg's tables on libjpeg-turbo, progressive"""
     EFFORT_MAX: _Effort.ValueType  # 3
-    """mozjpeg with trellis quantisation: the smallest files"""
+    """mozjpeg with trellis quantisation, no profile restating sRGB: the smallest files"""
 
 class Effort(_Effort, metaclass=_EffortEnumTypeWrapper):
     """How hard the JPEG encoder works (docs/codec.md)."""
@@ -72,7 +72,7 @@ EFFORT_FAST: Effort.ValueType  # 1
 EFFORT_BALANCED: Effort.ValueType  # 2
 """mozjpeg's tables on libjpeg-turbo, progressive"""
 EFFORT_MAX: Effort.ValueType  # 3
-"""mozjpeg with trellis quantisation: the smallest files"""
+"""mozjpeg with trellis quantisation, no profile restating sRGB: the smallest files"""
 Global___Effort: _TypeAlias = Effort  # noqa: Y015
 
 @_typing.final
