@@ -169,9 +169,7 @@ def bench_settings(data_dir: Path) -> tuple[Settings, dict[str, str]]:
         "PIXPIPE_REUSE_OUTPUTS": "false",
     }
     # Other PIXPIPE_* variables in the environment still apply, as they do for `make run`.
-    settings = Settings(**{key.removeprefix("PIXPIPE_").lower(): value
-                           for key, value in overrides.items()
-                           if key.startswith("PIXPIPE_")})
+    settings = Settings.from_variables(overrides)
     return settings, overrides
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -402,6 +403,16 @@ class Settings(BaseSettings):
                 # A flat keyword wins over the same field of a group passed beside it.
                 grouped[group] = {**_keyed_by_flat_name(group, current), key: value}
         return grouped
+
+    @classmethod
+    def from_variables(cls, variables: Mapping[str, str]) -> Settings:
+        """Settings as if ``variables`` were in the environment too (they win over it).
+
+        Names without the ``PIXPIPE_`` prefix are not settings and are passed over: an
+        environment handed to child processes carries others.
+        """
+        return cls(**{name.removeprefix(ENV_PREFIX).lower(): value
+                      for name, value in variables.items() if name.startswith(ENV_PREFIX)})
 
     def updated(self, **values: Any) -> Settings:
         """A copy with some fields changed, named as the flat keyword arguments of

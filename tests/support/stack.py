@@ -72,9 +72,7 @@ def stack_settings(data_dir: Path, *, database_url: str, nats_url: str,
 @contextmanager
 def running_stack(data_dir: Path, environment: dict[str, str], *,
                   workers: int = 2) -> Iterator[RunningStack]:
-    settings = Settings(**{key.removeprefix("PIXPIPE_").lower(): value
-                           for key, value in environment.items()
-                           if key.startswith("PIXPIPE_")})
+    settings = Settings.from_variables(environment)
     log_dir = data_dir / "logs"
     stack = Stack(settings=settings, workers=workers, log_dir=log_dir, environment=environment)
     stack.start()

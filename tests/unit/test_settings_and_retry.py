@@ -174,6 +174,16 @@ def test_a_misspelt_keyword_is_refused_and_unknown_variables_are_left_alone(
     assert Settings(fetch_timeout_seconds=5).fetch.timeout_seconds == 5
 
 
+def test_settings_from_variables_pass_over_names_that_are_not_settings(
+        clean_environment: pytest.MonkeyPatch) -> None:
+    clean_environment.setenv("PIXPIPE_MAX_REDIRECTS", "2")
+    settings = Settings.from_variables({"PIXPIPE_FETCH_TIMEOUT_SECONDS": "5",
+                                        "PATH": "/usr/bin", "OTEL_SERVICE_NAME": "x"})
+    assert (settings.fetch.timeout_seconds, settings.fetch.max_redirects) == (5, 2)
+    with pytest.raises(ValidationError, match="fetch_timout_seconds"):
+        Settings.from_variables({"PIXPIPE_FETCH_TIMOUT_SECONDS": "5"})
+
+
 def test_updated_changes_only_what_it_names(clean_environment: pytest.MonkeyPatch) -> None:
     settings = Settings(embedded_nats_port=4333, max_redirects=2)
     copy = settings.updated(nats_url="nats://elsewhere:4222", database_url="sqlite://")
