@@ -335,11 +335,9 @@ class ObservabilitySettings(_Group):
                                                 "JSON object per log line, for collectors.")
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Port of this "
                               "process's Prometheus /metrics; 0 turns it off.")
-    tracing: TracingExporter = Field(default="off", description="Where "
-                                                       "OpenTelemetry spans go: nowhere, "
-                                                       "standard output (a JSON line "
-                                                       "each), or an OTLP exporter "
-                                                       "(docs/operations.md, Tracing).")
+    tracing: TracingExporter = Field(default="off", description="Where OpenTelemetry spans "
+                                     "go: nowhere, standard output (a JSON line each), or an "
+                                     "OTLP exporter (docs/operations.md, Tracing).")
 
 
 class Settings(BaseSettings):
